@@ -1,0 +1,44 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.densevit-installed
+DATA := data/synthetic
+DEMO_CONFIG ?= configs/quickstart/upernet_vit-tiny_ade20k.py
+DEMO_DIR := work_dirs/demo
+
+.PHONY: venv data demo test test-fast benchmark clean
+
+venv: $(STAMP)
+
+# Reinstalled only when the package's declared dependencies change.
+$(STAMP): pyproject.toml setup.cfg
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip 'setuptools>=64,<81' wheel
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+data: $(DATA)/ade20k/ADEChallengeData2016 $(DATA)/coco/annotations/instances_val2017.json
+
+$(DATA)/ade20k/ADEChallengeData2016: | $(STAMP)
+	$(PY) tools/make_synthetic.py $(DATA) --only ade20k
+
+$(DATA)/coco/annotations/instances_val2017.json: | $(STAMP)
+	$(PY) tools/make_synthetic.py $(DATA) --only coco
+
+demo: venv data
+	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(DEMO_DIR)
+	$(PY) tools/test.py $(DEMO_CONFIG) "$$(cat $(DEMO_DIR)/last_checkpoint)" \
+		--work-dir $(DEMO_DIR) --metrics-out $(DEMO_DIR)/metrics.json
+
+test: venv data
+	$(PY) -m pytest -q -n 2 --durations=15
+
+test-fast: venv
+	$(PY) -m pytest -q -m 'not slow'
+
+benchmark: venv
+	$(PY) tools/benchmark.py
+
+clean:
+	rm -rf $(VENV) work_dirs

@@ -1,0 +1,5 @@
+"""Python entry points: read configs, build models with weights, run them on images."""
+from .config import load_config
+from .inference import inference_model, init_model
+
+__all__ = ['load_config', 'init_model', 'inference_model']

@@ -1,0 +1,84 @@
+"""Hooks used by the tools: drawing predictions to files (``tools/test.py --show-dir``)."""
+from __future__ import annotations
+
+import os.path as osp
+from typing import Sequence
+
+import numpy as np
+from mmengine.hooks import Hook
+from mmengine.utils import mkdir_or_exist
+from PIL import Image, ImageDraw
+
+from densevit.registry import HOOKS
+
+__all__ = ['ShowResultHook', 'draw_sem_seg', 'draw_instances']
+
+
+def draw_sem_seg(image: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]],
+                 alpha: float = 0.5, ignore_index: int = 255) -> np.ndarray:
+    """Blend class colours over an RGB image; ``labels`` (H, W) are class indices."""
+    colors = np.zeros((256, 3), np.uint8)
+    colors[:len(palette)] = np.asarray(palette, np.uint8)
+    overlay = colors[labels]
+    blended = image.astype(np.float32) * (1 - alpha) + overlay.astype(np.float32) * alpha
+    keep = labels == ignore_index
+    blended[keep] = image[keep]
+    return blended.round().astype(np.uint8)
+
+
+def draw_instances(image: np.ndarray, bboxes: np.ndarray, labels: np.ndarray,
+                   scores: np.ndarray, classes: Sequence[str],
+                   palette: Sequence[Sequence[int]], masks: np.ndarray | None = None,
+                   score_thr: float = 0.3) -> np.ndarray:
+    """Draw boxes (xyxy), class names, scores and optional masks (N, H, W) above ``score_thr``."""
+    keep = scores >= score_thr
+    out = image.copy()
+    if masks is not None:
+        for mask, label in zip(masks[keep], labels[keep]):
+            color = np.asarray(palette[label % len(palette)], np.float32)
+            out[mask] = (out[mask] * 0.5 + color * 0.5).astype(np.uint8)
+    canvas = Image.fromarray(out)
+    draw = ImageDraw.Draw(canvas)
+    for box, label, score in zip(bboxes[keep], labels[keep], scores[keep]):
+        color = tuple(int(c) for c in palette[label % len(palette)])
+        draw.rectangle([float(v) for v in box], outline=color, width=2)
+        draw.text((float(box[0]) + 2, float(box[1]) + 1), f'{classes[label]} {score:.2f}',
+                  fill=color)
+    return np.asarray(canvas)
+
+
+@HOOKS.register_module()
+class ShowResultHook(Hook):
+    """Write each test image with its predictions drawn on it to ``out_dir`` (PNG, same stem).
+
+    Args:
+        out_dir: folder for the drawings (created).
+        score_thr: detections below this score are not drawn.
+    """
+
+    def __init__(self, out_dir: str, score_thr: float = 0.3) -> None:
+        self.out_dir = out_dir
+        self.score_thr = score_thr
+
+    def before_test(self, runner) -> None:
+        mkdir_or_exist(self.out_dir)
+        self._meta = runner.test_dataloader.dataset.metainfo
+
+    def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        for sample in outputs or []:
+            path = sample.metainfo['img_path']
+            image = np.asarray(Image.open(path).convert('RGB'))
+            if 'pred_sem_seg' in sample:
+                labels = sample.pred_sem_seg.data[0].cpu().numpy().astype(np.int64)
+                drawn = draw_sem_seg(image, labels, self._meta['palette'])
+            elif 'pred_instances' in sample:
+                pred = sample.pred_instances
+                masks = pred.masks.cpu().numpy().astype(bool) if 'masks' in pred else None
+                drawn = draw_instances(image, pred.bboxes.cpu().numpy(),
+                                       pred.labels.cpu().numpy(), pred.scores.cpu().numpy(),
+                                       self._meta['classes'], self._meta['palette'], masks,
+                                       self.score_thr)
+            else:
+                continue
+            stem = osp.splitext(osp.basename(path))[0]
+            Image.fromarray(drawn).save(osp.join(self.out_dir, f'{stem}.png'))

@@ -1,0 +1,2 @@
+"""Heads: consume named features and produce task outputs and losses."""
+from . import fcn, segmenter, upernet  # noqa: F401  (registers modules)

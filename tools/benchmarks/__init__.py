@@ -1,0 +1,1 @@
+"""Benchmark topics run by tools/benchmark.py; one module per topic."""
