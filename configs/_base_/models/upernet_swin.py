@@ -1,0 +1,13 @@
+# UperNet on Swin-T (Liu et al. 2021): UPerHead on s4..s32, FCN auxiliary head on s16 (weight 0.4).
+model = dict(
+    type='Segmentor',
+    data_preprocessor=dict(type='SegDataPreprocessor', mean=(123.675, 116.28, 103.53),
+                           std=(58.395, 57.12, 57.375), size=(512, 512), seg_pad_val=255),
+    backbone=dict(type='Swin', arch='tiny', window_size=7, drop_path_rate=0.3),
+    decode_head=dict(type='UPerHead', in_features=('s4', 's8', 's16', 's32'), channels=512,
+                     pool_scales=(1, 2, 3, 6), dropout_ratio=0.1, num_classes=150,
+                     loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0)),
+    auxiliary_head=dict(type='FCNHead', in_features=('s16',), channels=256, num_convs=1,
+                        dropout_ratio=0.1, num_classes=150,
+                        loss_decode=dict(type='CrossEntropyLoss', loss_weight=0.4)),
+    test_cfg=dict(mode='whole'))

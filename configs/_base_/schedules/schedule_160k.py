@@ -1,0 +1,14 @@
+# 160k-iteration AdamW schedule for ADE20K 512x512 (Swin / DiNAT UperNet recipe): lr 6e-5
+# (ViT configs override 1e-4 with layer decay), linear warmup over 1500 iterations, then poly
+# decay (power 1.0) to 0 at 160k; validation and checkpoints every 16k (checkpoint interval is set
+# in default_runtime.py).
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=1500, end=160000),
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=160000, val_interval=16000)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
