@@ -1,0 +1,137 @@
+"""Any timm model as a densevit backbone: named feature maps from timm's own feature extraction.
+
+Hierarchical models (ResNet, ConvNeXt, Swin, EfficientNet, ...) give one map per selected level of
+their ``feature_info``, named by stride (``'s4'`` .. ``'s32'``). Plain ViTs (DeiT, MAE-style ViT,
+DINOv2, EVA: every ``feature_info`` entry at the same stride) give the output of their last block
+as one (B, C, H/p, W/p) map named ``'s{p}'``, prefix tokens dropped. Which kind a model is comes
+from its ``feature_info``, never from its class name.
+
+Both go through timm's ``features_only=True`` with ``feature_cls='getter'``: the model keeps its
+own parameter names (under ``model.model.``) and runs ``forward_intermediates``, so layer ids come
+from the model's ``group_matcher`` through ``timm.models.group_parameters``, the mapping timm's
+``param_groups_layer_decay`` uses. What this adds to timm: naming maps by stride, accepting any
+input size (the image is padded to a multiple of the largest stride and each map cropped to
+ceil(H / stride), which timm's stride-4 convolution stems and patch embeddings do not do), and
+``dynamic_img_size=True`` for models whose constructor takes it, so ViTs run at sizes other than
+their pretraining one.
+"""
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from typing import Any, Sequence
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models import group_parameters
+from timm.optim import auto_group_layers
+
+from densevit.registry import MODELS
+
+from ..contract import Backbone, FeatureSpec
+
+__all__ = ['TimmBackbone']
+
+# keys TimmBackbone sets itself; passing them in model_kwargs would silently fight with it
+_RESERVED = ('pretrained', 'checkpoint_path', 'features_only', 'feature_cls', 'out_indices',
+             'pretrained_cfg_overlay')
+_PREFIX = 'model.model.'  # FeatureGetterNet holds the timm model as ``.model``
+
+
+@MODELS.register_module()
+class TimmBackbone(Backbone):
+    """A timm model giving stride-named maps (see the module docstring)."""
+
+    def __init__(self, *, model_name: str, pretrained: bool = False, checkpoint_path: str = '',
+                 out_indices: Sequence[int] | None = None,
+                 model_kwargs: dict[str, Any] | None = None) -> None:
+        """
+        Args:
+            model_name: a ``timm.create_model`` name, e.g. ``'convnext_tiny'``,
+                ``'vit_base_patch16_224'``.
+            pretrained: load timm's pretrained weights for ``model_name`` (needs network or cache).
+            checkpoint_path: load weights from this local file instead (through timm's own filter
+                for the model, so official checkpoints timm can read work too).
+            out_indices: levels of ``feature_info`` to return, for hierarchical models (default: the
+                last four). Plain ViTs always return their last block; pass None for them.
+            model_kwargs: further ``timm.create_model`` arguments (``drop_path_rate``,
+                ``img_size``, ...).
+        """
+        super().__init__()
+        model_kwargs = dict(model_kwargs or {})
+        clash = sorted(set(model_kwargs) & set(_RESERVED))
+        if clash:
+            raise ValueError(f'TimmBackbone model_kwargs {clash} are set by TimmBackbone itself; '
+                             f'use its own arguments (pretrained, checkpoint_path, out_indices)')
+        if not timm.is_model(model_name):
+            raise ValueError(f'TimmBackbone: timm has no model {model_name!r} '
+                             f'(see timm.list_models())')
+        # a weightless probe on the meta device tells what the model offers before building it
+        with torch.device('meta'):
+            probe = timm.create_model(model_name, pretrained=False, **model_kwargs)
+        if not hasattr(probe, 'forward_intermediates'):
+            raise ValueError(f'TimmBackbone: timm model {model_name!r} has no '
+                             f'forward_intermediates, which TimmBackbone needs')
+        strides = [info['reduction'] for info in probe.feature_info]
+        self.plain = len(set(strides)) == 1
+        if self.plain:
+            if out_indices is not None:
+                raise ValueError(f'TimmBackbone: {model_name!r} is a plain (single-stride) model '
+                                 f'that returns its last block only; out_indices must be None, '
+                                 f'got {out_indices}')
+            out_indices = (len(strides) - 1,)
+        elif out_indices is None:
+            out_indices = tuple(range(max(0, len(strides) - 4), len(strides)))
+        accepted = inspect.signature(type(probe).__init__).parameters
+        if 'dynamic_img_size' in accepted:
+            model_kwargs.setdefault('dynamic_img_size', True)
+        del probe
+
+        self.model = timm.create_model(
+            model_name, pretrained=pretrained or bool(checkpoint_path),
+            pretrained_cfg_overlay=dict(file=checkpoint_path) if checkpoint_path else None,
+            features_only=True, feature_cls='getter', out_indices=tuple(out_indices),
+            **model_kwargs)
+        info = self.model.feature_info
+        self._names = [f's{stride}' for stride in info.reduction()]
+        if len(set(self._names)) != len(self._names):
+            raise ValueError(f'TimmBackbone: levels {list(out_indices)} of {model_name!r} have '
+                             f'strides {info.reduction()}; choose out_indices with distinct '
+                             f'strides')
+        self.out_features = {name: FeatureSpec(channels=c, stride=s)
+                             for name, c, s in zip(self._names, info.channels(), info.reduction())}
+        self._size_divisor = max(info.reduction())
+
+        inner = self.model.model
+        if hasattr(inner, 'group_matcher'):
+            layer_map = group_parameters(inner, inner.group_matcher(coarse=False), reverse=True)
+        else:  # timm's own fallback in param_groups_layer_decay: fixed-size runs of parameters
+            layer_map = auto_group_layers(inner)
+        self._layer_map = {_PREFIX + name: layer for name, layer in layer_map.items()}
+        self.num_layers = max(self._layer_map.values())
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        height, width = images.shape[-2:]
+        d = self._size_divisor
+        images = F.pad(images, (0, -width % d, 0, -height % d))
+        maps = self.model(images)  # list of (B, C, Hp/s, Wp/s)
+        out = {}
+        for name, feat in zip(self._names, maps):
+            stride = self.out_features[name].stride
+            # (B, C, Hp/s, Wp/s) -> (B, C, ceil(H/s), ceil(W/s))
+            out[name] = feat[..., :-(-height // stride), :-(-width // stride)]
+        return out
+
+    def layer_id(self, param_name: str) -> int:
+        """timm's group index of the parameter (0 = stem, num_layers = last group)."""
+        if param_name not in self._layer_map:
+            raise ValueError(f'TimmBackbone.layer_id: {param_name!r} is not a parameter of this '
+                             f'backbone (names start with {_PREFIX!r})')
+        return self._layer_map[param_name]
+
+    def no_weight_decay(self) -> set[str]:
+        inner = self.model.model
+        patterns = inner.no_weight_decay() if hasattr(inner, 'no_weight_decay') else set()
+        return {_PREFIX + name for name, _ in inner.named_parameters()
+                if any(fnmatch.fnmatch(name, pattern) for pattern in patterns)}
