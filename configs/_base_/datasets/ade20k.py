@@ -5,7 +5,7 @@ crop_size = (512, 512)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_seg=True),
+    dict(type='LoadAnnotations', with_bbox=False, with_seg=True),
     dict(type='RandomResize', scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
@@ -15,7 +15,7 @@ train_pipeline = [
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(2048, 512), keep_ratio=True),
-    dict(type='LoadAnnotations', with_seg=True),  # after Resize: labels stay at the file's size
+    dict(type='LoadAnnotations', with_bbox=False, with_seg=True),  # after Resize: labels stay at the file's size
     dict(type='PackSegInputs'),
 ]
 

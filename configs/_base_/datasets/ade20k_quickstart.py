@@ -5,7 +5,7 @@ crop_size = (128, 128)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_seg=True),
+    dict(type='LoadAnnotations', with_bbox=False, with_seg=True),
     dict(type='RandomResize', scale=(256, 128), ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
@@ -15,7 +15,7 @@ train_pipeline = [
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(256, 128), keep_ratio=True),
-    dict(type='LoadAnnotations', with_seg=True),
+    dict(type='LoadAnnotations', with_bbox=False, with_seg=True),
     dict(type='PackSegInputs'),
 ]
 train_dataloader = dict(

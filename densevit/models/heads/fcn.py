@@ -1,0 +1,105 @@
+"""FCNHead: a few 3x3 conv-BN-ReLU layers and a 1x1 classifier on one feature map, used as the
+auxiliary head of UperNet (on 's16', loss weight 0.4). Also holds ``select_inputs``, the check every
+segmentation head makes of its ``in_features`` against the ``input_shapes`` that feed it."""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import Conv2dNormActivation
+
+from ...registry import MODELS
+from ..contract import FeatureSpec
+from ..losses import SegCriterion
+
+__all__ = ['FCNHead', 'select_inputs']
+
+
+def select_inputs(input_shapes: Mapping[str, FeatureSpec], in_features: Sequence[str],
+                  owner: str) -> list[FeatureSpec]:
+    """The specs of ``in_features`` in order; raises naming what is available if one is missing.
+
+    Args:
+        input_shapes: name -> FeatureSpec of what feeds the head (backbone or neck outputs).
+        in_features: the names the head consumes.
+        owner: the head's class name, for the error message.
+    """
+    if not in_features:
+        raise ValueError(f'{owner}: in_features is empty; name at least one of '
+                         f'{sorted(input_shapes)}')
+    missing = [name for name in in_features if name not in input_shapes]
+    if missing:
+        raise KeyError(f'{owner}: in_features {missing} are not produced by what feeds it; '
+                       f'available: {sorted(input_shapes)}')
+    return [input_shapes[name] for name in in_features]
+
+
+@MODELS.register_module()
+class FCNHead(nn.Module):
+    """Conv stack + classifier on one feature map (logits at that map's stride).
+
+    Args:
+        input_shapes: name -> FeatureSpec of what feeds the head.
+        in_features: a one-name tuple, e.g. ('s16',).
+        num_classes: K.
+        channels: width of the conv layers.
+        num_convs: number of 3x3 conv-BN-ReLU layers (0 = classifier directly on the input).
+        concat_input: concatenate the input with the conv output before the classifier (through
+            one more 3x3 conv).
+        dropout_ratio: dropout before the classifier.
+        loss_decode: loss config(s) built with MODELS.
+        sampler: optional pixel sampler config (e.g. OHEMPixelSampler).
+        ignore_index: label ignored by accuracy and sampler.
+        align_corners: for the bilinear resizes.
+        norm_layer: 2-d norm layer type (BatchNorm2d; a Runner with ``sync_bn`` converts it).
+    """
+
+    def __init__(self, *, input_shapes: Mapping[str, FeatureSpec],
+                 in_features: Sequence[str] = ('s16',), num_classes: int, channels: int = 256,
+                 num_convs: int = 1, concat_input: bool = False, dropout_ratio: float = 0.1,
+                 loss_decode: dict | list[dict] = dict(type='CrossEntropyLoss'),
+                 sampler: dict | None = None, ignore_index: int = 255,
+                 align_corners: bool = False,
+                 norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        if len(in_features) != 1:
+            raise ValueError(f'{type(self).__name__} consumes one feature map; got in_features='
+                             f'{tuple(in_features)} (e.g. in_features=("s16",))')
+        (spec,) = select_inputs(input_shapes, in_features, type(self).__name__)
+        self.in_features = tuple(in_features)
+        self.num_classes = num_classes
+        self.align_corners = align_corners
+        layers = []
+        for i in range(num_convs):
+            layers.append(Conv2dNormActivation(spec.channels if i == 0 else channels, channels, 3,
+                                               norm_layer=norm_layer))
+        self.convs = nn.Sequential(*layers)
+        out_channels = channels if num_convs > 0 else spec.channels
+        self.conv_cat = (Conv2dNormActivation(spec.channels + out_channels, channels, 3,
+                                              norm_layer=norm_layer)
+                         if concat_input else None)
+        if concat_input:
+            out_channels = channels
+        self.dropout = nn.Dropout2d(dropout_ratio) if dropout_ratio > 0 else nn.Identity()
+        self.conv_seg = nn.Conv2d(out_channels, num_classes, 1)
+        self.criterion = SegCriterion(loss_decode=loss_decode, sampler=sampler,
+                                      ignore_index=ignore_index, align_corners=align_corners)
+        nn.init.normal_(self.conv_seg.weight, std=0.01)
+        nn.init.zeros_(self.conv_seg.bias)
+
+    def forward(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        x = features[self.in_features[0]]
+        out = self.convs(x)
+        if self.conv_cat is not None:
+            out = self.conv_cat(torch.cat([x, out], dim=1))
+        return self.conv_seg(self.dropout(out))
+
+    def loss(self, features: Mapping[str, torch.Tensor], data_samples: Sequence) -> dict:
+        return self.criterion(self.forward(features), data_samples)
+
+    def predict(self, features: Mapping[str, torch.Tensor],
+                out_size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(self.forward(features), size=tuple(out_size), mode='bilinear',
+                             align_corners=self.align_corners)
