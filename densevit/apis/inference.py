@@ -10,7 +10,7 @@ from mmengine.config import Config
 from mmengine.dataset import Compose, pseudo_collate
 from torch import nn
 
-from densevit.engine.checkpoint import allow_resume_globals
+from densevit.engine.checkpoint import enable_safe_resume
 from densevit.registry import MODELS, TRANSFORMS
 from densevit.structures import DataSample
 
@@ -34,7 +34,7 @@ def init_model(config: str | Config, checkpoint: str | None = None, device: str 
     model.cfg = cfg
     model.dataset_meta = None
     if checkpoint is not None:
-        allow_resume_globals()
+        enable_safe_resume()
         ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
         state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
         if not isinstance(state, dict):

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from .checkpoint import allow_resume_globals
+from .checkpoint import enable_safe_resume
 
 __all__ = ['init_distributed', 'build_runner']
 
@@ -47,7 +47,7 @@ def init_distributed(cfg: Config, launcher: str) -> None:
 def build_runner(cfg: Config, launcher: str = 'none') -> Runner:
     """A Runner for ``cfg``: allowlists the checkpoint globals a resume needs, sets up the process
     group for ``launcher``, and fills in densevit's default scope."""
-    allow_resume_globals()
+    enable_safe_resume()
     cfg.launcher = launcher
     cfg.setdefault('default_scope', 'densevit')
     init_distributed(cfg, launcher)

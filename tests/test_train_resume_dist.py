@@ -1,0 +1,121 @@
+"""End to end through the real mmengine Runner: training, evaluation, resume under torch >= 2.6
+(weights_only loading) and a 2-process torchrun run on CPU (gloo)."""
+import json
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from densevit.apis import init_model, load_config
+from densevit.engine import build_runner
+
+from .conftest import ROOT, tool_env
+
+CONFIG = osp.join(ROOT, 'configs/quickstart/segmenter-linear_vit-tiny_ade20k.py')
+
+
+def _tiny_options(data_root: str, work_dir: str, epochs: int) -> dict:
+    """A deterministic tiny run: no random augmentation or dropout, so a resumed run must follow
+    the straight run exactly (mmengine does not checkpoint data-pipeline RNG state)."""
+    pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=False, with_seg=True),
+                dict(type='Resize', scale=(64, 64), keep_ratio=False),
+                dict(type='PackSegInputs')]
+    return {
+        'data_root': data_root,
+        'work_dir': work_dir,
+        'model.backbone.depth': 2,
+        'model.backbone.pretrain_img_size': 64,
+        'train_dataloader.batch_size': 4,
+        'train_dataloader.num_workers': 0,
+        'train_dataloader.persistent_workers': False,
+        'train_dataloader.dataset.pipeline': pipeline,
+        'val_dataloader.num_workers': 0,
+        'val_dataloader.persistent_workers': False,
+        'test_dataloader.num_workers': 0,
+        'test_dataloader.persistent_workers': False,
+        'train_cfg.max_epochs': epochs,
+        'train_cfg.val_interval': 100,
+        'param_scheduler': [dict(type='PolyLR', power=1.0, by_epoch=True, begin=0, end=4,
+                                 convert_to_iter_based=True)],
+        'default_hooks.checkpoint.interval': 1,
+        'default_hooks.checkpoint.max_keep_ckpts': 5,
+        'default_hooks.logger.interval': 1,
+    }
+
+
+def _train(options: dict, **cfg_updates):
+    cfg = load_config(CONFIG, options)
+    for key, value in cfg_updates.items():
+        cfg[key] = value
+    runner = build_runner(cfg)
+    runner.train()
+    return runner
+
+
+@pytest.mark.slow
+def test_resume_equals_straight_training(ade20k_root, tmp_path):
+    straight = _train(_tiny_options(ade20k_root, str(tmp_path / 'straight'), epochs=4))
+    _train(_tiny_options(ade20k_root, str(tmp_path / 'resumed'), epochs=2))
+    ckpt = str(tmp_path / 'resumed' / 'epoch_2.pth')
+    # A real mmengine resume state loads with weights_only=True (the torch >= 2.6 default).
+    state = torch.load(ckpt, map_location='cpu', weights_only=True)
+    assert {'message_hub', 'optimizer', 'param_schedulers'} <= set(state)
+    resumed = _train(_tiny_options(ade20k_root, str(tmp_path / 'resumed'), epochs=4),
+                     resume=True, load_from=ckpt)
+    assert resumed.iter == straight.iter == 12
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+
+    # The checkpoint evaluates through tools/test.py and loads through init_model.
+    metrics_file = tmp_path / 'metrics.json'
+    from tools.test import main as test_main
+    test_main([CONFIG, str(tmp_path / 'straight' / 'epoch_4.pth'), '--work-dir',
+               str(tmp_path / 'test'), '--metrics-out', str(metrics_file), '--show-dir',
+               str(tmp_path / 'vis'), '--cfg-options', f'data_root={ade20k_root}',
+               'model.backbone.depth=2', 'model.backbone.pretrain_img_size=64',
+               'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False'])
+    metrics = json.loads(metrics_file.read_text())
+    assert set(metrics) >= {'ade20k/mIoU', 'ade20k/mAcc', 'ade20k/aAcc'}
+    assert 0.0 <= metrics['ade20k/aAcc'] <= 100.0
+    assert len(list((tmp_path / 'vis').glob('*.png'))) == 4
+    model = init_model(CONFIG, str(tmp_path / 'straight' / 'epoch_4.pth'),
+                       cfg_options={'model.backbone.depth': 2,
+                                    'model.backbone.pretrain_img_size': 64})
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, a[key], rtol=0, atol=0)
+    assert model.dataset_meta['classes'][0] == 'wall'
+
+
+def test_untrusted_pickle_is_refused(tmp_path):
+    """weights_only stays on: a checkpoint holding an arbitrary object does not load."""
+    from densevit.engine import enable_safe_resume
+    enable_safe_resume()
+    path = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {}, 'payload': subprocess.Popen}, path)
+    with pytest.raises(Exception, match='Unsupported global|weights_only'):
+        init_model(CONFIG, str(path), cfg_options={'model.backbone.depth': 1})
+
+
+@pytest.mark.slow
+def test_dist_train_two_cpu_processes(ade20k_root, tmp_path):
+    options = _tiny_options(ade20k_root, str(tmp_path / 'dist'), epochs=1)
+    options['train_cfg.val_interval'] = 1
+    args = [f'{k}={json.dumps(v) if not isinstance(v, str) else v}' for k, v in options.items()
+            if k not in ('train_dataloader.dataset.pipeline', 'param_scheduler')]
+    env = tool_env()
+    env.update(PYTHON=sys.executable, PORT='29617')
+    proc = subprocess.run(['bash', osp.join(ROOT, 'tools/dist_train.sh'), CONFIG, '2',
+                           '--cfg-options', *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert 'Distributed launcher: pytorch' in log or 'distributed: True' in log, log[-2000:]
+    # 12 images, batch 4 per process, 2 processes -> 2 iterations per epoch (DistributedSampler).
+    assert osp.isfile(tmp_path / 'dist' / 'epoch_1.pth')
+    state = torch.load(tmp_path / 'dist' / 'epoch_1.pth', map_location='cpu', weights_only=True)
+    assert state['meta']['iter'] == 2
+    assert 'ade20k/mIoU' in log
