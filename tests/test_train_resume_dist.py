@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from densevit.apis import init_model, load_config
-from densevit.engine import build_runner
+from densevit.engine import build_runner, enable_safe_resume
 
 from .conftest import ROOT, tool_env
 
@@ -92,7 +92,6 @@ def test_resume_equals_straight_training(ade20k_root, tmp_path):
 
 def test_untrusted_pickle_is_refused(tmp_path):
     """weights_only stays on: a checkpoint holding an arbitrary object does not load."""
-    from densevit.engine import enable_safe_resume
     enable_safe_resume()
     path = tmp_path / 'evil.pth'
     torch.save({'state_dict': {}, 'payload': subprocess.Popen}, path)
@@ -100,22 +99,40 @@ def test_untrusted_pickle_is_refused(tmp_path):
         init_model(CONFIG, str(path), cfg_options={'model.backbone.depth': 1})
 
 
+def _run_tool(script: str, *args: str, port: int) -> str:
+    env = tool_env()
+    env.update(PYTHON=sys.executable, PORT=str(port))
+    proc = subprocess.run(['bash', osp.join(ROOT, 'tools', script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    return log
+
+
 @pytest.mark.slow
-def test_dist_train_two_cpu_processes(ade20k_root, tmp_path):
+def test_dist_train_and_test_two_cpu_processes(ade20k_root, tmp_path):
     options = _tiny_options(ade20k_root, str(tmp_path / 'dist'), epochs=1)
     options['train_cfg.val_interval'] = 1
     args = [f'{k}={json.dumps(v) if not isinstance(v, str) else v}' for k, v in options.items()
             if k not in ('train_dataloader.dataset.pipeline', 'param_scheduler')]
-    env = tool_env()
-    env.update(PYTHON=sys.executable, PORT='29617')
-    proc = subprocess.run(['bash', osp.join(ROOT, 'tools/dist_train.sh'), CONFIG, '2',
-                           '--cfg-options', *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
-    assert 'Distributed launcher: pytorch' in log or 'distributed: True' in log, log[-2000:]
+    log = _run_tool('dist_train.sh', CONFIG, '2', '--cfg-options', *args, port=29617)
+    assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log, \
+        log[-2000:]
     # 12 images, batch 4 per process, 2 processes -> 2 iterations per epoch (DistributedSampler).
-    assert osp.isfile(tmp_path / 'dist' / 'epoch_1.pth')
-    state = torch.load(tmp_path / 'dist' / 'epoch_1.pth', map_location='cpu', weights_only=True)
+    ckpt = tmp_path / 'dist' / 'epoch_1.pth'
+    enable_safe_resume()
+    state = torch.load(ckpt, map_location='cpu', weights_only=True)
     assert state['meta']['iter'] == 2
     assert 'ade20k/mIoU' in log
+
+    # Evaluating on two processes gives exactly the single-process numbers (the IoU metric sums
+    # per-image histograms gathered from both ranks).
+    test_args = ['--cfg-options', f'data_root={ade20k_root}', 'model.backbone.depth=2',
+                 'model.backbone.pretrain_img_size=64', 'test_dataloader.num_workers=0',
+                 'test_dataloader.persistent_workers=False']
+    _run_tool('dist_test.sh', CONFIG, str(ckpt), '2', '--work-dir', str(tmp_path / 't2'),
+              '--metrics-out', str(tmp_path / 'two.json'), *test_args, port=29618)
+    from tools.test import main as test_main
+    single = test_main([CONFIG, str(ckpt), '--work-dir', str(tmp_path / 't1'), *test_args])
+    two = json.loads((tmp_path / 'two.json').read_text())
+    assert two == pytest.approx({k: float(v) for k, v in single.items()}, abs=1e-9)

@@ -11,7 +11,7 @@ from mmengine.dataset import Compose, pseudo_collate
 from torch import nn
 
 from densevit.engine.checkpoint import enable_safe_resume
-from densevit.registry import MODELS, TRANSFORMS
+from densevit.registry import MODELS
 from densevit.structures import DataSample
 
 from .config import load_config
@@ -49,12 +49,13 @@ def init_model(config: str | Config, checkpoint: str | None = None, device: str 
     return model.to(device).eval()
 
 
-def _test_pipeline(cfg: Config) -> Compose:
-    """The config's test pipeline without its annotation loading (there are no labels)."""
-    steps = copy.deepcopy(cfg.test_dataloader.dataset.pipeline)
-    steps = [s for s in steps if s['type'] != 'LoadAnnotations']
-    import densevit.datasets  # noqa: F401  (registers the transforms)
-    return Compose([TRANSFORMS.build(s) for s in steps])
+def _test_pipeline(cfg: Config, from_file: bool) -> Compose:
+    """The config's test pipeline without annotation loading (there are no labels), and without
+    image loading when the images come as arrays."""
+    from densevit.datasets.transforms import LoadAnnotations, LoadImageFromFile, build_pipeline
+    skip = (LoadAnnotations,) if from_file else (LoadAnnotations, LoadImageFromFile)
+    steps = build_pipeline(copy.deepcopy(cfg.test_dataloader.dataset.pipeline))
+    return Compose([step for step in steps if not isinstance(step, skip)])
 
 
 @torch.no_grad()
@@ -63,17 +64,15 @@ def inference_model(model: nn.Module, images: str | np.ndarray | Sequence[str | 
     """Run a model built by :func:`init_model` on image paths or RGB arrays (H, W, 3 uint8)."""
     single = isinstance(images, (str, np.ndarray))
     batch = [images] if single else list(images)
-    pipeline = _test_pipeline(model.cfg)
     items = []
     for image in batch:
         if isinstance(image, str):
-            items.append(pipeline(dict(img_path=image)))
+            items.append(_test_pipeline(model.cfg, from_file=True)(dict(img_path=image)))
         else:
-            steps = [t for t in pipeline.transforms if type(t).__name__ != 'LoadImageFromFile']
-            data = dict(img=image, img_path='', ori_shape=image.shape[:2],
-                        img_shape=image.shape[:2])
-            for step in steps:
-                data = step(data)
-            items.append(data)
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f'expected an RGB uint8 array (H, W, 3), got {image.dtype} '
+                                 f'{image.shape}')
+            items.append(_test_pipeline(model.cfg, from_file=False)(dict(
+                img=image, img_path='', ori_shape=image.shape[:2], img_shape=image.shape[:2])))
     outputs = model.test_step(pseudo_collate(items))
     return outputs[0] if single else outputs

@@ -22,7 +22,9 @@ train_dataloader = dict(
     batch_size=8, num_workers=2, persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(data_root=data_root, pipeline=train_pipeline))
+# One image per batch at test time: batch padding would otherwise change what a ViT attends to,
+# and with it the numbers, with the batch composition (and so with the number of processes).
 val_dataloader = dict(
-    batch_size=4, num_workers=2,
+    batch_size=1, num_workers=2,
     dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
