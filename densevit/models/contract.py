@@ -1,7 +1,10 @@
 """The feature contract that lets any backbone feed any neck and head.
 
 A backbone's ``forward(images)`` takes a (B, 3, H, W) batch and returns a dict of named feature
-maps, each (B, C, H / stride, W / stride) (rounded up where the input does not divide). It
+maps, each (B, C, H / stride, W / stride), rounded up where the input does not divide. Necks that
+upsample (SimpleFeaturePyramid) derive their finer maps from a coarser one, so their sizes are
+ceil(H / stride) only when H divides by the coarsest stride; the data preprocessors pad batches to
+such a multiple (``size_divisor``), as ViTDet and mmdetection do. It
 declares them up front in ``out_features``: name -> ``FeatureSpec(channels, stride)``. Names follow
 the stride, ``'s4'``, ``'s8'``, ``'s16'``, ``'s32'``, ``'s64'``, so a head that consumes
 ``('s4', 's8', 's16', 's32')`` works on any backbone or neck that produces them.
