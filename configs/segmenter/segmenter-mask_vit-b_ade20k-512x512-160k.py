@@ -1,33 +1,9 @@
 # Segmenter, ViT-B/16 (AugReg ImageNet-21k, 384) + mask transformer decoder (2 layers, d_model
-# 768, 12 heads, dropout 0.1),
-# ADE20K 512x512, 160k iterations, batch 8, SGD as the official recipe.
+# 768, 12 heads, dropout 0.1), ADE20K 512x512, 160k iterations, batch 8, SGD (official recipe).
 # Target: 48.5 mIoU single-scale (50.0 multi-scale), Seg-B-Mask/16, Segmenter paper (Strudel et
-# al., ICCV 2021), ADE20K comparison with the state of the art (48.48 / 50.00; check the table
-# number), and the official model zoo.
-# Backbone weights: python tools/convert_checkpoint.py timm_vit \
-#     vit_base_patch16_384.augreg_in21k_ft_in1k.pth \
-#     checkpoints/vit_base_patch16_384_densevit.pth
-_base_ = [
-    '../_base_/models/segmenter_vit.py',
-    '../_base_/datasets/ade20k.py',
-    '../_base_/default_runtime.py',
-    '../_base_/schedules/schedule_160k.py',
-]
+# al., ICCV 2021), comparison with the state of the art on ADE20K (check the table number).
+_base_ = './segmenter-linear_vit-b_ade20k-512x512-160k.py'
 model = dict(
-    backbone=dict(arch='base', drop_path_rate=0.1),
-    decode_head=dict(type='SegmenterMaskHead', in_features=('s16',), num_classes=150,
-                     channels=768, num_heads=12, num_layers=2, dropout_ratio=0.1,
-                     drop_path_rate=0.0, input_norm=False),
-    backbone_checkpoint='checkpoints/vit_base_patch16_384_densevit.pth')
-
-# Batch 8 as published: 1 image per GPU on 8 GPUs (scale to your setup).
-train_dataloader = dict(batch_size=1)
-
-# Official Segmenter: SGD, lr 1e-3, momentum 0.9, no weight decay, poly decay (power 0.9), no
-# warmup (these lists replace the base schedule's).
-optim_wrapper = dict(
-    _delete_=True, type='OptimWrapper',
-    optimizer=dict(type='SGD', lr=1e-3, momentum=0.9, weight_decay=0.0))
-param_scheduler = [
-    dict(type='PolyLR', eta_min=1e-5, power=0.9, by_epoch=False, begin=0, end=160000),
-]
+    decode_head=dict(_delete_=True, type='SegmenterMaskHead', in_features=('s16',),
+                     num_classes=150, channels=768, num_heads=12, num_layers=2,
+                     dropout_ratio=0.1, drop_path_rate=0.0, input_norm=False))

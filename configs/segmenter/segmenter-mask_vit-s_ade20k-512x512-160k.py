@@ -1,32 +1,9 @@
 # Segmenter, ViT-S/16 (AugReg ImageNet-21k, 384) + mask transformer decoder (2 layers, d_model
-# 384, 6 heads, dropout 0.1),
-# ADE20K 512x512, 160k iterations, batch 8, SGD as the official recipe.
+# 384, 6 heads, dropout 0.1), ADE20K 512x512, 160k iterations, batch 8, SGD (official recipe).
 # Target: 45.3 mIoU single-scale (46.9 multi-scale), Seg-S-Mask/16 in the official model zoo
-# (rstrudel/segmenter README; check against the paper).
-# Backbone weights: python tools/convert_checkpoint.py timm_vit \
-#     vit_small_patch16_384.augreg_in21k_ft_in1k.pth \
-#     checkpoints/vit_small_patch16_384_densevit.pth
-_base_ = [
-    '../_base_/models/segmenter_vit.py',
-    '../_base_/datasets/ade20k.py',
-    '../_base_/default_runtime.py',
-    '../_base_/schedules/schedule_160k.py',
-]
+# (check against the paper).
+_base_ = './segmenter-mask_vit-b_ade20k-512x512-160k.py'
 model = dict(
-    backbone=dict(arch='small', drop_path_rate=0.1),
-    decode_head=dict(type='SegmenterMaskHead', in_features=('s16',), num_classes=150,
-                     channels=384, num_heads=6, num_layers=2, dropout_ratio=0.1,
-                     drop_path_rate=0.0, input_norm=False),
+    backbone=dict(arch='small'),
+    decode_head=dict(channels=384, num_heads=6),
     backbone_checkpoint='checkpoints/vit_small_patch16_384_densevit.pth')
-
-# Batch 8 as published: 1 image per GPU on 8 GPUs (scale to your setup).
-train_dataloader = dict(batch_size=1)
-
-# Official Segmenter: SGD, lr 1e-3, momentum 0.9, no weight decay, poly decay (power 0.9), no
-# warmup (these lists replace the base schedule's).
-optim_wrapper = dict(
-    _delete_=True, type='OptimWrapper',
-    optimizer=dict(type='SGD', lr=1e-3, momentum=0.9, weight_decay=0.0))
-param_scheduler = [
-    dict(type='PolyLR', eta_min=1e-5, power=0.9, by_epoch=False, begin=0, end=160000),
-]

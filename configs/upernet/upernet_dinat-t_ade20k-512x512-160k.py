@@ -3,20 +3,11 @@
 # UperNet table and the official segmentation model zoo (DiNAT-Tiny, UPerNet, 58M, 934G).
 # Backbone weights: python tools/convert_checkpoint.py dinat dinat_tiny_in1k_224.pth \
 #     checkpoints/dinat_tiny_densevit.pth
-_base_ = [
-    '../_base_/models/upernet_dinat.py',
-    '../_base_/datasets/ade20k.py',
-    '../_base_/default_runtime.py',
-    '../_base_/schedules/schedule_160k.py',
-]
+_base_ = './upernet_swin-t_ade20k-512x512-160k.py'
+# The official ADE20K dilations (feature maps 128x128 .. 16x16 for 512x512 crops).
 model = dict(
-    backbone=dict(arch='tiny', drop_path_rate=0.3),
+    backbone=dict(_delete_=True, type='DiNAT', arch='tiny', kernel_size=7, drop_path_rate=0.3,
+                  dilations=[[1, 16, 1], [1, 4, 1, 8],
+                             [1, 2, 1, 3, 1, 4, 1, 2, 1, 3, 1, 4, 1, 2, 1, 3, 1, 4],
+                             [1, 2, 1, 2, 1]]),
     backbone_checkpoint='checkpoints/dinat_tiny_densevit.pth')
-
-# 8 GPUs x 2 images = batch 16, as published.
-train_dataloader = dict(batch_size=2)
-
-# No weight decay on norms and the relative position biases ('rpb'), as the official config.
-optim_wrapper = dict(
-    optimizer=dict(lr=6e-5, weight_decay=0.01),
-    paramwise_cfg=dict(norm_decay_mult=0.0, custom_keys={'rpb': dict(decay_mult=0.0)}))

@@ -19,6 +19,8 @@ from mmengine.structures import BaseDataElement
 
 from densevit.registry import METRICS
 
+from .table import format_table
+
 __all__ = ['CocoMetric']
 
 _ALLOWED_METRICS = ('bbox', 'segm')
@@ -34,19 +36,6 @@ def _encode_masks(masks: np.ndarray) -> list[dict]:
     for rle in rles:
         rle['counts'] = rle['counts'].decode('ascii')
     return rles
-
-
-def _format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table with left-aligned first column and right-aligned numbers."""
-    cells = [[str(h) for h in header]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    rule = '+' + '+'.join('-' * (w + 2) for w in widths) + '+'
-
-    def line(row: Sequence[str]) -> str:
-        parts = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
-        return '| ' + ' | '.join(parts) + ' |'
-
-    return '\n'.join([rule, line(cells[0]), rule] + [line(r) for r in cells[1:]] + [rule])
 
 
 @METRICS.register_module()
@@ -255,7 +244,7 @@ class CocoMetric(BaseMetric):
                 valid = p[p > -1]
                 row.append(f'{valid.mean():.3f}' if valid.size else 'nan')
             rows.append(row)
-        print_log(f'per category {metric} results:\n' + _format_table(
+        print_log(f'per category {metric} results:\n' + format_table(
             ['Category', 'AP', 'AP50'], rows), logger='current')
 
 

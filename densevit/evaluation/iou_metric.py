@@ -17,6 +17,8 @@ from mmengine.structures import BaseDataElement
 
 from densevit.registry import METRICS
 
+from .table import format_table
+
 __all__ = ['IoUMetric', 'intersect_and_union']
 
 _ALLOWED_METRICS = ('mIoU', 'mDice', 'mFscore')
@@ -54,19 +56,6 @@ def intersect_and_union(pred: torch.Tensor, label: torch.Tensor, num_classes: in
     area_label = torch.bincount(label, minlength=num_classes)
     area_union = area_pred + area_label - area_intersect
     return tuple(t.cpu() for t in (area_intersect, area_union, area_pred, area_label))
-
-
-def _format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table with left-aligned first column and right-aligned numbers."""
-    cells = [[str(h) for h in header]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    rule = '+' + '+'.join('-' * (w + 2) for w in widths) + '+'
-
-    def line(row: Sequence[str]) -> str:
-        parts = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
-        return '| ' + ' | '.join(parts) + ' |'
-
-    return '\n'.join([rule, line(cells[0]), rule] + [line(r) for r in cells[1:]] + [rule])
 
 
 @METRICS.register_module()
@@ -174,7 +163,7 @@ class IoUMetric(BaseMetric):
             for i, name in enumerate(names)
         }
         rows = [[name] + [self.last_per_class[name][k] for k in order] for name in names]
-        print_log('per class results:\n' + _format_table(['Class'] + order, rows),
+        print_log('per class results:\n' + format_table(['Class'] + order, rows),
                   logger='current')
         return metrics
 

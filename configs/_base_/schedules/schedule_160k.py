@@ -1,9 +1,11 @@
-# 160k-iteration AdamW schedule for ADE20K 512x512 (Swin / DiNAT UperNet recipe): lr 6e-5
-# (ViT configs override 1e-4 with layer decay), linear warmup over 1500 iterations, then poly
-# decay (power 1.0) to 0 at 160k; validation and checkpoints every 16k (checkpoint interval is set
-# in default_runtime.py).
+# 160k-iteration AdamW schedule for ADE20K 512x512 (the Swin / DiNAT UperNet recipe): lr 6e-5,
+# weight decay 0.01 except on norms, biases and the position tables the backbone names
+# (layer_decay_rate 1.0 = no depth decay; ViT configs set 0.65), linear warmup over 1500
+# iterations, then poly decay (power 1.0) to 0 at 160k; validation and checkpoints every 16k.
 optim_wrapper = dict(
     type='OptimWrapper',
+    constructor='LayerDecayOptimWrapperConstructor',
+    paramwise_cfg=dict(layer_decay_rate=1.0),
     optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
