@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.models.vision_transformer import init_weights_vit_timm
 from torch import nn
 
 from densevit.models.contract import Backbone, FeatureSpec
@@ -326,7 +328,8 @@ class NAT(Backbone):
             self.levels.append(NATLevel(blocks=blocks, downsample=downsample))
         for i in out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(channels[i]))
-        self.apply(self._init_weights)
+        # timm's ViT init: truncated-normal (std 0.02) linear weights, zero biases
+        self.apply(partial(init_weights_vit_timm, needs_reset=False))
 
     def _resolve_dilations(self, dilations: Sequence[Sequence[int]] | None,
                            depths: tuple[int, ...]) -> list[list[int]]:
@@ -346,15 +349,6 @@ class NAT(Backbone):
             raise ValueError(f'{name} dilations {dilations} must all be >= 1')
         return dilations
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.pos_drop(self.patch_embed(images))  # (B, ceil(H/4), ceil(W/4), C)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
 from torch import nn
+from timm.models.vision_transformer import init_weights_vit_timm
 from torch.utils.checkpoint import checkpoint
 
 from densevit.ops.window import rel_pos_attention, window_partition, window_unpartition
@@ -224,14 +225,8 @@ class ViT(Backbone):
     def _init_weights(self) -> None:
         if self.pos_embed is not None:
             trunc_normal_(self.pos_embed, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        # timm's ViT init: truncated-normal (std 0.02) linear weights, zero biases
+        self.apply(partial(init_weights_vit_timm, needs_reset=False))
 
     def abs_pos(self, grid: tuple[int, int]) -> torch.Tensor:
         """The absolute position embedding (1, H, W, C) for an (H, W) patch grid, resized

@@ -1,43 +1,23 @@
 """FCNHead: a few 3x3 conv-BN-ReLU layers and a 1x1 classifier on one feature map, used as the
-auxiliary head of UperNet (on 's16', loss weight 0.4). Also holds ``select_inputs``, the check every
-segmentation head makes of its ``in_features`` against the ``input_shapes`` that feed it."""
+auxiliary head of UperNet (on 's16', loss weight 0.4)."""
 from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
 from ...registry import MODELS
 from ..contract import FeatureSpec
 from ..losses import SegCriterion
+from .base import SegHead, select_inputs
 
-__all__ = ['FCNHead', 'select_inputs']
-
-
-def select_inputs(input_shapes: Mapping[str, FeatureSpec], in_features: Sequence[str],
-                  owner: str) -> list[FeatureSpec]:
-    """The specs of ``in_features`` in order; raises naming what is available if one is missing.
-
-    Args:
-        input_shapes: name -> FeatureSpec of what feeds the head (backbone or neck outputs).
-        in_features: the names the head consumes.
-        owner: the head's class name, for the error message.
-    """
-    if not in_features:
-        raise ValueError(f'{owner}: in_features is empty; name at least one of '
-                         f'{sorted(input_shapes)}')
-    missing = [name for name in in_features if name not in input_shapes]
-    if missing:
-        raise KeyError(f'{owner}: in_features {missing} are not produced by what feeds it; '
-                       f'available: {sorted(input_shapes)}')
-    return [input_shapes[name] for name in in_features]
+__all__ = ['FCNHead']
 
 
 @MODELS.register_module()
-class FCNHead(nn.Module):
+class FCNHead(SegHead):
     """Conv stack + classifier on one feature map (logits at that map's stride).
 
     Args:
@@ -96,10 +76,3 @@ class FCNHead(nn.Module):
             out = self.conv_cat(torch.cat([x, out], dim=1))
         return self.conv_seg(self.dropout(out))
 
-    def loss(self, features: Mapping[str, torch.Tensor], data_samples: Sequence) -> dict:
-        return self.criterion(self.forward(features), data_samples)
-
-    def predict(self, features: Mapping[str, torch.Tensor],
-                out_size: tuple[int, int]) -> torch.Tensor:
-        return F.interpolate(self.forward(features), size=tuple(out_size), mode='bilinear',
-                             align_corners=self.align_corners)

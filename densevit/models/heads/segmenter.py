@@ -9,20 +9,24 @@ heads start with a LayerNorm over channels (``input_norm=True``) to match.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
-from timm.models.vision_transformer import Block
+from timm.models.vision_transformer import Block, init_weights_vit_timm
 from torch import nn
 
 from ...registry import MODELS
 from ..contract import FeatureSpec
 from ..losses import SegCriterion
-from .fcn import select_inputs
+from .base import SegHead, select_inputs
 
 __all__ = ['SegmenterLinearHead', 'SegmenterMaskHead']
+
+# Segmenter's init (timm's ViT init): truncated-normal (std 0.02) linear weights, zero biases.
+_init_linear = partial(init_weights_vit_timm, needs_reset=False)
 
 
 def _one_input(input_shapes: Mapping[str, FeatureSpec], in_features: Sequence[str],
@@ -33,36 +37,16 @@ def _one_input(input_shapes: Mapping[str, FeatureSpec], in_features: Sequence[st
     return select_inputs(input_shapes, in_features, owner)[0]
 
 
-def _init_linear_and_norm(module: nn.Module) -> None:
-    """Segmenter's init: truncated-normal linear weights (std 0.02), zero biases, unit norms."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
-
-class _SegmenterHeadBase(nn.Module):
-    """The loss / predict half shared by both decoders (forward is theirs)."""
+class _SegmenterHeadBase(SegHead):
+    """Both decoders read one map as a token list."""
 
     in_features: tuple[str, ...]
-    align_corners: bool
-    criterion: SegCriterion
 
     def _tokens(self, features: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
         x = features[self.in_features[0]]
         h, w = x.shape[-2:]
         return x.flatten(2).transpose(1, 2), h, w  # (B, C, h, w) -> (B, h*w, C)
-
-    def loss(self, features: Mapping[str, torch.Tensor], data_samples: Sequence) -> dict:
-        return self.criterion(self.forward(features), data_samples)
-
-    def predict(self, features: Mapping[str, torch.Tensor],
-                out_size: tuple[int, int]) -> torch.Tensor:
-        return F.interpolate(self.forward(features), size=tuple(out_size), mode='bilinear',
-                             align_corners=self.align_corners)
 
 
 @MODELS.register_module()
@@ -99,7 +83,7 @@ class SegmenterLinearHead(_SegmenterHeadBase):
         self.head = nn.Linear(spec.channels, num_classes)
         self.criterion = SegCriterion(loss_decode=loss_decode, sampler=sampler,
                                       ignore_index=ignore_index, align_corners=align_corners)
-        self.apply(_init_linear_and_norm)
+        self.apply(_init_linear)
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
         tokens, h, w = self._tokens(features)
@@ -168,7 +152,7 @@ class SegmenterMaskHead(_SegmenterHeadBase):
         self.mask_norm = nn.LayerNorm(num_classes)
         self.criterion = SegCriterion(loss_decode=loss_decode, sampler=sampler,
                                       ignore_index=ignore_index, align_corners=align_corners)
-        self.apply(_init_linear_and_norm)
+        self.apply(_init_linear)
         trunc_normal_(self.cls_emb, std=0.02)
 
     def cosine_masks(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:

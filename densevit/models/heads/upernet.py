@@ -12,7 +12,7 @@ from torchvision.ops import Conv2dNormActivation
 from ...registry import MODELS
 from ..contract import FeatureSpec
 from ..losses import SegCriterion
-from .fcn import select_inputs
+from .base import SegHead, select_inputs
 
 __all__ = ['UPerHead', 'PyramidPooling']
 
@@ -47,7 +47,7 @@ class PyramidPooling(nn.Module):
 
 
 @MODELS.register_module()
-class UPerHead(nn.Module):
+class UPerHead(SegHead):
     """UperNet decoder over several feature maps; logits at the stride of the finest one.
 
     Args:
@@ -117,9 +117,3 @@ class UPerHead(nn.Module):
                                                            for x in outs[1:]], dim=1))
         return self.conv_seg(self.dropout(fused))
 
-    def loss(self, features: Mapping[str, torch.Tensor], data_samples: Sequence) -> dict:
-        return self.criterion(self.forward(features), data_samples)
-
-    def predict(self, features: Mapping[str, torch.Tensor],
-                out_size: tuple[int, int]) -> torch.Tensor:
-        return self._resize(self.forward(features), out_size)
