@@ -5,6 +5,7 @@ import os.path as osp
 import subprocess
 import sys
 
+import mmengine
 import pytest
 import torch
 
@@ -75,13 +76,16 @@ def test_resume_equals_straight_training(ade20k_root, tmp_path):
     from tools.test import main as test_main
     test_main([CONFIG, str(tmp_path / 'straight' / 'epoch_4.pth'), '--work-dir',
                str(tmp_path / 'test'), '--metrics-out', str(metrics_file), '--show-dir',
-               str(tmp_path / 'vis'), '--cfg-options', f'data_root={ade20k_root}',
+               str(tmp_path / 'vis'), '--out', str(tmp_path / 'preds.pkl'),
+               '--cfg-options', f'data_root={ade20k_root}',
                'model.backbone.depth=2', 'model.backbone.pretrain_img_size=64',
                'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False'])
     metrics = json.loads(metrics_file.read_text())
     assert set(metrics) >= {'ade20k/mIoU', 'ade20k/mAcc', 'ade20k/aAcc'}
     assert 0.0 <= metrics['ade20k/aAcc'] <= 100.0
     assert len(list((tmp_path / 'vis').glob('*.png'))) == 4
+    predictions = mmengine.load(tmp_path / 'preds.pkl')  # written by this test run
+    assert len(predictions) == 4 and predictions[0]['pred_sem_seg']['data'].shape[0] == 1
     model = init_model(CONFIG, str(tmp_path / 'straight' / 'epoch_4.pth'),
                        cfg_options={'model.backbone.depth': 2,
                                     'model.backbone.pretrain_img_size': 64})
