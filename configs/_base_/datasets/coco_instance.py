@@ -9,6 +9,7 @@ train_pipeline = [
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='LargeScaleJitter', scale=image_size, ratio_range=(0.1, 2.0)),
+    dict(type='PhotoMetricDistortion'),
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [
