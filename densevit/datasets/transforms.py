@@ -587,17 +587,24 @@ def _image_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
 
 
+class _Pack:
+    """Base of the Pack* transforms: which results keys go into the sample's metainfo."""
+
+    def __init__(self, *, meta_keys: Sequence[str] = _META_KEYS) -> None:
+        self.meta_keys = tuple(meta_keys)
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(meta_keys={self.meta_keys})'
+
+
 @TRANSFORMS.register_module()
-class PackSegInputs:
+class PackSegInputs(_Pack):
     """End a segmentation pipeline: ``{'inputs': (3, H, W) uint8 tensor, 'data_samples':
     DataSample}`` with ``gt_sem_seg`` = PixelData(data=(1, H, W) long) when a label map is loaded.
 
     Args:
         meta_keys: Results keys copied into the sample's metainfo (those present).
     """
-
-    def __init__(self, *, meta_keys: Sequence[str] = _META_KEYS) -> None:
-        self.meta_keys = tuple(meta_keys)
 
     def __call__(self, results: dict) -> dict:
         sample = DataSample()
@@ -607,12 +614,9 @@ class PackSegInputs:
         sample.set_metainfo({k: results[k] for k in self.meta_keys if k in results})
         return dict(inputs=_image_tensor(results['img']), data_samples=sample)
 
-    def __repr__(self) -> str:
-        return f'{type(self).__name__}(meta_keys={self.meta_keys})'
-
 
 @TRANSFORMS.register_module()
-class PackDetInputs:
+class PackDetInputs(_Pack):
     """End a detection pipeline: ``{'inputs': (3, H, W) uint8 tensor, 'data_samples':
     DataSample}`` with ``gt_instances`` (bboxes float (N, 4), labels long (N,), masks bool
     (N, H, W) when loaded) and ``ignored_instances`` holding the crowd ones.
@@ -620,9 +624,6 @@ class PackDetInputs:
     Args:
         meta_keys: Results keys copied into the sample's metainfo (those present).
     """
-
-    def __init__(self, *, meta_keys: Sequence[str] = _META_KEYS) -> None:
-        self.meta_keys = tuple(meta_keys)
 
     def __call__(self, results: dict) -> dict:
         sample = DataSample()
@@ -643,6 +644,3 @@ class PackDetInputs:
                 setattr(sample, field, inst)
         sample.set_metainfo({k: results[k] for k in self.meta_keys if k in results})
         return dict(inputs=_image_tensor(results['img']), data_samples=sample)
-
-    def __repr__(self) -> str:
-        return f'{type(self).__name__}(meta_keys={self.meta_keys})'
