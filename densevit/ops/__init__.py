@@ -1,4 +1,5 @@
 """Tensor ops with no dependency on the rest of densevit."""
+from .deformable_attention import MultiScaleDeformableAttention, multi_scale_deformable_attention
 from .neighborhood_attention import na2d
 
-__all__ = ['na2d']
+__all__ = ['na2d', 'multi_scale_deformable_attention', 'MultiScaleDeformableAttention']
