@@ -1,2 +1,2 @@
 """Heads: consume named features and produce task outputs and losses."""
-from . import fcn, segmenter, upernet  # noqa: F401  (registers modules)
+from . import detr, fcn, segmenter, upernet  # noqa: F401  (registers modules)
