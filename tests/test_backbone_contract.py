@@ -32,14 +32,23 @@ SINGLE_MAP_NECKS = {
     'sfp': dict(type='SimpleFeaturePyramid', out_channels=32, top_block=True),
     'sam': dict(type='SamNeck'),
 }
+# Necks for hierarchical (multi-map) backbones (reading every map, so gradients reach them all).
+MULTI_MAP_NECKS = {
+    'channel-mapper': dict(type='ChannelMapper', in_features=('s4', 's8', 's16', 's32'),
+                           out_channels=32, num_extra_levels=1),
+}
+SINGLE_MAP_BACKBONES = ('vit', 'vit-plain', 'timm-vit')
 
 
 def _cases():
     for name, cfg in BACKBONES.items():
         for neck_name, neck in SINGLE_MAP_NECKS.items():
-            if neck is not None and name not in ('vit', 'vit-plain', 'timm-vit'):
+            if neck is not None and name not in SINGLE_MAP_BACKBONES:
                 continue
             yield pytest.param(cfg, neck, id=f'{name}+{neck_name}')
+        if name not in SINGLE_MAP_BACKBONES:
+            for neck_name, neck in MULTI_MAP_NECKS.items():
+                yield pytest.param(cfg, neck, id=f'{name}+{neck_name}')
 
 
 @pytest.mark.parametrize('backbone_cfg,neck_cfg', list(_cases()))

@@ -1,2 +1,2 @@
 """Necks: feature dict in, feature dict out (see densevit.models.contract)."""
-from . import sam_neck, simple_feature_pyramid  # noqa: F401  (registers modules)
+from . import channel_mapper, sam_neck, simple_feature_pyramid  # noqa: F401  (registers modules)

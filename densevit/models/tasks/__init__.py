@@ -1,2 +1,4 @@
 """Task models (mmengine BaseModel: loss / predict) that assemble backbone, neck and heads."""
-from . import data_preprocessor, image_encoder, segmentor  # noqa: F401  (registers modules)
+# importing the modules registers them
+from . import data_preprocessor, det_data_preprocessor, detector  # noqa: F401
+from . import image_encoder, segmentor  # noqa: F401
