@@ -211,6 +211,23 @@ def test_simple_feature_pyramid_contract(image_size):
     torch.testing.assert_close(feats['s64'], feats['s32'][:, :, ::2, ::2])
 
 
+@pytest.mark.parametrize('image_size', [(64, 64), (72, 120)])
+def test_simple_feature_pyramid_from_a_patch8_vit(image_size):
+    """A patch-8 ViT's s8 map gives s4..s32; s32 is two 2x2 max-pools of the s8 tokens."""
+    vit = ViT(arch='tiny', depth=1, patch_size=8, global_attn_indexes=(), window_size=0,
+              use_rel_pos=False)
+    neck = SimpleFeaturePyramid(input_shapes=vit.out_features, in_feature='s8', out_channels=32,
+                                scale_factors=(2.0, 1.0, 0.5, 0.25))
+    assert {k: v.stride for k, v in neck.out_features.items()} == {
+        's4': 4, 's8': 8, 's16': 16, 's32': 32}
+    x = torch.randn(1, 3, *image_size)
+    tokens = vit(x)['s8']
+    feats = neck({'s8': tokens})
+    check_features(feats, neck.out_features, image_size, 'SimpleFeaturePyramid')
+    pooled = torch.nn.functional.max_pool2d(tokens, 4, 4, ceil_mode=True)
+    torch.testing.assert_close(feats['s32'], neck.output['s32'](neck.lateral['s32'](pooled)))
+
+
 def test_simple_feature_pyramid_layers_and_errors():
     shapes = {'s16': FeatureSpec(64, 16)}
     neck = SimpleFeaturePyramid(input_shapes=shapes, out_channels=16,

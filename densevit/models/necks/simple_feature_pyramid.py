@@ -1,7 +1,7 @@
 """ViTDet's simple feature pyramid: one stride-16 map of a plain ViT -> strides 4..32 (and 64).
 
 Each output level resamples the input (two stride-2 transposed convs for x4, one for x2, nothing
-for x1, a 2x2 max-pool for x0.5), then applies a 1x1 conv + LayerNorm and a 3x3 conv + LayerNorm.
+for x1, a 2x2 max-pool for x0.5, two for x0.25), then applies a 1x1 conv + LayerNorm and a 3x3 conv + LayerNorm.
 An optional top block max-pools the coarsest level once more (stride 64), as ViTDet's
 LastLevelMaxPool does for detection.
 """
@@ -30,6 +30,9 @@ def _conv_norm(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequ
         norm=LayerNorm2d(out_channels)))
 
 
+_SCALES = (4.0, 2.0, 1.0, 0.5, 0.25)
+
+
 def _resample(scale: float, channels: int) -> tuple[nn.Sequential, int]:
     """The resampling layers for one scale factor and the channels they output."""
     if scale == 4.0:
@@ -42,10 +45,12 @@ def _resample(scale: float, channels: int) -> tuple[nn.Sequential, int]:
                                                 stride=2)), channels // 2
     if scale == 1.0:
         return nn.Sequential(), channels
-    if scale == 0.5:
+    if scale in (0.5, 0.25):
         # ceil mode: an odd side keeps its last row / column (ceil(H / stride) outputs)
-        return nn.Sequential(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)), channels
-    raise ValueError(f'scale factor {scale} is not supported; use 4.0, 2.0, 1.0 or 0.5')
+        pools = [nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
+                 for _ in range(1 if scale == 0.5 else 2)]
+        return nn.Sequential(*pools), channels
+    raise ValueError(f'scale factor {scale} is not supported; use 4.0, 2.0, 1.0, 0.5 or 0.25')
 
 
 @MODELS.register_module()
@@ -70,7 +75,8 @@ class SimpleFeaturePyramid(nn.Module):
             in_feature: the name of the map to build the pyramid from.
             out_channels: channels of every output level.
             scale_factors: resampling of each level relative to the input, finest first; each
-                must be 4.0, 2.0, 1.0 or 0.5 and the strides must double from level to level.
+                must be 4.0, 2.0, 1.0, 0.5 or 0.25 (0.25: s32 from a patch-8 ViT) and the
+                strides must double from level to level.
             top_block: add one more level, the coarsest max-pooled by 2 (stride 64 for ViTDet).
         """
         super().__init__()
@@ -79,10 +85,10 @@ class SimpleFeaturePyramid(nn.Module):
                            f'input features {sorted(input_shapes)}')
         spec = input_shapes[in_feature]
         self.in_feature = in_feature
-        unsupported = [f for f in scale_factors if float(f) not in (4.0, 2.0, 1.0, 0.5)]
+        unsupported = [f for f in scale_factors if float(f) not in _SCALES]
         if unsupported:
-            raise ValueError(f'scale factors {unsupported} are not supported; use 4.0, 2.0, '
-                             f'1.0 or 0.5')
+            raise ValueError(f'scale factors {unsupported} are not supported; use one of '
+                             f'{_SCALES}')
         strides = [spec.stride / scale for scale in scale_factors]
         for stride in strides:
             if stride != int(stride) or stride < 1:
