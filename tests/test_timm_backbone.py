@@ -104,3 +104,38 @@ def test_checkpoint_path_and_bad_arguments(tmp_path):
         TimmBackbone(model_name='resnet_does_not_exist')
     with pytest.raises(ValueError, match='set by TimmBackbone'):
         TimmBackbone(model_name='resnet18', model_kwargs=dict(features_only=False))
+
+
+def test_resnet_runs_unpadded_and_convnext_padded():
+    """A ResNet already gives ceil(H / s) maps, so it sees the image as it is (border features as
+    the official code computes them); ConvNeXt's 4x4 stem floors, so it is padded."""
+    torch.manual_seed(0)
+    resnet = TimmBackbone(model_name='resnet18').eval()
+    assert resnet._size_divisor == 1
+    image = torch.randn(1, 3, 45, 70)
+    with torch.no_grad():
+        ours = resnet(image)
+        reference = resnet.model(image)  # timm's own feature maps of the unpadded image
+    for (name, feat), ref in zip(ours.items(), reference):
+        torch.testing.assert_close(feat, ref)
+    assert TimmBackbone(model_name='convnext_atto')._size_divisor == 32
+
+
+def test_norm_eval_and_frozen_modules():
+    """DETR's recipe: BatchNorm keeps its running statistics (eval mode, frozen affine) even in
+    train mode, and the stem and first stage do not train; the state-dict keys stay BatchNorm's."""
+    backbone = TimmBackbone(model_name='resnet18', norm_eval=True,
+                            frozen_modules=('conv1', 'bn1', 'layer1'))
+    backbone.train()
+    norms = backbone._batch_norms()
+    assert norms and not any(m.training for m in norms)
+    assert not any(p.requires_grad for m in norms for p in m.parameters())
+    trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
+    assert 'model.model.layer2.0.conv1.weight' in trainable
+    assert not any(n.startswith(('model.model.conv1', 'model.model.layer1')) for n in trainable)
+    assert 'model.model.bn1.num_batches_tracked' in backbone.state_dict()
+    before = norms[0].running_mean.clone()
+    backbone(torch.randn(2, 3, 64, 64))
+    torch.testing.assert_close(norms[0].running_mean, before)  # statistics not updated
+    with pytest.raises(ValueError, match="'layer9'"):
+        TimmBackbone(model_name='resnet18', frozen_modules=('layer9',))

@@ -10,15 +10,19 @@ Both go through timm's ``features_only=True`` with ``feature_cls='getter'``: the
 own parameter names (under ``model.model.``) and runs ``forward_intermediates``, so layer ids come
 from the model's ``group_matcher`` through ``timm.models.group_parameters``, the mapping timm's
 ``param_groups_layer_decay`` uses. What this adds to timm: naming maps by stride, accepting any
-input size (the image is padded to a multiple of the largest stride and each map cropped to
-ceil(H / stride), which timm's stride-4 convolution stems and patch embeddings do not do), and
+input size (models whose maps are not ceil(H / stride) at every size, such as timm's stride-4
+convolution stems and patch embeddings, get the image padded to a multiple of the largest stride
+and each map cropped to ceil(H / stride); models that already give ceil(H / stride), such as
+ResNets, run on the image as it is, so their border features equal the official ones),
 ``dynamic_img_size=True`` for models whose constructor takes it, so ViTs run at sizes other than
-their pretraining one.
+their pretraining one, and the frozen BatchNorm and frozen early stages of the DETR recipes
+(``norm_eval``, ``frozen_modules``).
 """
 from __future__ import annotations
 
 import fnmatch
 import inspect
+import math
 from typing import Any, Sequence
 
 import timm
@@ -45,7 +49,8 @@ class TimmBackbone(Backbone):
 
     def __init__(self, *, model_name: str, pretrained: bool = False, checkpoint_path: str = '',
                  out_indices: Sequence[int] | None = None,
-                 model_kwargs: dict[str, Any] | None = None) -> None:
+                 model_kwargs: dict[str, Any] | None = None, norm_eval: bool = False,
+                 frozen_modules: Sequence[str] = ()) -> None:
         """
         Args:
             model_name: a ``timm.create_model`` name, e.g. ``'convnext_tiny'``,
@@ -57,6 +62,12 @@ class TimmBackbone(Backbone):
                 last four). Plain ViTs always return their last block; pass None for them.
             model_kwargs: further ``timm.create_model`` arguments (``drop_path_rate``,
                 ``img_size``, ...).
+            norm_eval: keep every BatchNorm in eval mode (running statistics) with its affine
+                parameters frozen: the FrozenBatchNorm2d of DETR, Deformable DETR and DINO
+                (the state dict keeps BatchNorm's keys, so checkpoints load either way).
+            frozen_modules: names of the timm model's submodules whose parameters do not train,
+                e.g. ``('conv1', 'bn1', 'layer1')`` for the ResNet stem and first stage as DETR
+                freezes them.
         """
         super().__init__()
         model_kwargs = dict(model_kwargs or {})
@@ -101,7 +112,9 @@ class TimmBackbone(Backbone):
                              f'strides')
         self.out_features = {name: FeatureSpec(channels=c, stride=s)
                              for name, c, s in zip(self._names, info.channels(), info.reduction())}
-        self._size_divisor = max(info.reduction())
+        self._size_divisor = 1 if _gives_ceil_maps(
+            model_name, tuple(out_indices), model_kwargs, info.reduction()) \
+            else max(info.reduction())
 
         inner = self.model.model
         if hasattr(inner, 'group_matcher'):
@@ -111,10 +124,35 @@ class TimmBackbone(Backbone):
         self._layer_map = {_PREFIX + name: layer for name, layer in layer_map.items()}
         self.num_layers = max(self._layer_map.values())
 
+        self.norm_eval = norm_eval
+        modules = dict(inner.named_modules())
+        unknown = [name for name in frozen_modules if name not in modules]
+        if unknown:
+            top = [name for name, _ in inner.named_children()]
+            raise ValueError(f'TimmBackbone frozen_modules {unknown} are not submodules of '
+                             f'{model_name!r}; its top-level modules are {top}')
+        for name in frozen_modules:
+            modules[name].requires_grad_(False)
+        if norm_eval:
+            for module in self._batch_norms():
+                module.requires_grad_(False)
+        self.train()
+
+    def _batch_norms(self) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+        return [m for m in self.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+    def train(self, mode: bool = True) -> 'TimmBackbone':
+        super().train(mode)
+        if self.norm_eval:
+            for module in self._batch_norms():
+                module.eval()
+        return self
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         height, width = images.shape[-2:]
         d = self._size_divisor
-        images = F.pad(images, (0, -width % d, 0, -height % d))
+        if d > 1:
+            images = F.pad(images, (0, -width % d, 0, -height % d))
         maps = self.model(images)  # list of (B, C, Hp/s, Wp/s)
         out = {}
         for name, feat in zip(self._names, maps):
@@ -135,3 +173,21 @@ class TimmBackbone(Backbone):
         patterns = inner.no_weight_decay() if hasattr(inner, 'no_weight_decay') else set()
         return {_PREFIX + name for name, _ in inner.named_parameters()
                 if any(fnmatch.fnmatch(name, pattern) for pattern in patterns)}
+
+
+def _gives_ceil_maps(model_name: str, out_indices: tuple[int, ...], model_kwargs: dict,
+                     strides: Sequence[int]) -> bool:
+    """Whether every selected map of the model is ceil(H / stride) x ceil(W / stride) at a size
+    no stride divides (shape inference on the meta device; no weights are made)."""
+    coarsest = max(strides)
+    height, width = 2 * coarsest + 1, 2 * coarsest + 3
+    try:
+        with torch.device('meta'):
+            model = timm.create_model(model_name, pretrained=False, features_only=True,
+                                      feature_cls='getter', out_indices=out_indices,
+                                      **model_kwargs)
+            maps = model(torch.empty(1, 3, height, width))
+    except (RuntimeError, ValueError, AssertionError, NotImplementedError):
+        return False  # a model that cannot run at such a size is padded
+    return all(tuple(m.shape[-2:]) == (math.ceil(height / s), math.ceil(width / s))
+               for m, s in zip(maps, strides))
