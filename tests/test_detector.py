@@ -373,6 +373,30 @@ def test_default_preprocessor_pads_to_the_coarsest_stride():
                      ).data_preprocessor.size_divisor == 32
 
 
+def test_a_chain_of_necks_feeds_the_head():
+    """neck may be a list (detrex's ViTDet DINO: simple feature pyramid, then ChannelMapper):
+    each neck is built from the one before, the head from the last, keys neck.0.*, neck.1.*."""
+    torch.manual_seed(0)
+    model = MODELS.build(dict(
+        type='Detector',
+        backbone=dict(type='ViT', arch='tiny', depth=1, window_size=0, global_attn_indexes=(),
+                      use_rel_pos=False),
+        neck=[dict(type='SimpleFeaturePyramid', out_channels=32, scale_factors=(2.0, 1.0, 0.5)),
+              dict(type='ChannelMapper', in_features=('s8', 's16', 's32'), out_channels=64,
+                   num_extra_levels=1)],
+        head=dict(type='_TestFixedDetHead')))
+    assert model.data_preprocessor.size_divisor == 64
+    assert {k.split('.')[1] for k in model.state_dict() if k.startswith('neck.')} == {'0', '1'}
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        features = model.extract_feat(image)
+        chained = model.neck[1](model.neck[0](model.backbone(image)))
+    assert {k: tuple(v.shape[1:]) for k, v in features.items()} == {
+        's8': (64, 8, 8), 's16': (64, 4, 4), 's32': (64, 2, 2), 's64': (64, 1, 1)}
+    for name, feat in features.items():
+        torch.testing.assert_close(feat, chained[name])
+
+
 def test_test_cfg_and_head_errors():
     with pytest.raises(KeyError, match=r"\['max_per_image'\].*mask_thr_binary.*max_per_img"):
         _detector(test_cfg=dict(max_per_image=10))

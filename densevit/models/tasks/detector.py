@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
+from torch import nn
 from torchvision.ops import box_convert
 
 from ...checkpoint.loading import load_state_dict
@@ -59,7 +60,8 @@ class Detector(BaseModel):
     Args:
         backbone: backbone config (MODELS).
         head: detection head config; built with ``input_shapes`` of the neck (or backbone).
-        neck: optional neck config, built with ``input_shapes=backbone.out_features``.
+        neck: optional neck config, built with ``input_shapes=backbone.out_features``, or a list
+            of them applied in turn, each built with the ``out_features`` of the one before.
         data_preprocessor: ``DetDataPreprocessor`` config; default: ImageNet mean/std, padded to a
             multiple of the coarsest stride among the backbone's and neck's maps.
         test_cfg: ``max_per_img`` (detections kept per image, default 100) and
@@ -69,22 +71,24 @@ class Detector(BaseModel):
         init_cfg: mmengine init config.
     """
 
-    def __init__(self, *, backbone: dict, head: dict, neck: dict | None = None,
+    def __init__(self, *, backbone: dict, head: dict, neck: dict | list[dict] | None = None,
                  data_preprocessor: dict | None = None, test_cfg: dict | None = None,
                  backbone_checkpoint: str | None = None, init_cfg: dict | None = None) -> None:
         built_backbone = MODELS.build(backbone)
         shapes = built_backbone.out_features
-        built_neck = None
-        if neck is not None:
-            built_neck = MODELS.build(neck, default_args=dict(input_shapes=shapes))
-            shapes = built_neck.out_features
+        strides = [spec.stride for spec in shapes.values()]
+        necks = []
+        for cfg in ([] if neck is None else [neck] if isinstance(neck, Mapping) else neck):
+            necks.append(MODELS.build(cfg, default_args=dict(input_shapes=shapes)))
+            shapes = necks[-1].out_features
+            strides += [spec.stride for spec in shapes.values()]
         if data_preprocessor is None:
-            coarsest = max(spec.stride for spec in [*built_backbone.out_features.values(),
-                                                    *shapes.values()])
-            data_preprocessor = dict(type='DetDataPreprocessor', size_divisor=coarsest)
+            data_preprocessor = dict(type='DetDataPreprocessor', size_divisor=max(strides))
         super().__init__(data_preprocessor=MODELS.build(data_preprocessor), init_cfg=init_cfg)
         self.backbone = built_backbone
-        self.neck = built_neck
+        # one neck, or a chain (detrex's ViTDet DINO: simple feature pyramid, then ChannelMapper)
+        self.neck = (necks[0] if isinstance(neck, Mapping) else nn.ModuleList(necks)) \
+            if necks else None
         self.head = MODELS.build(head, default_args=dict(input_shapes=shapes))
         for attr in ('class_loss', 'with_masks', 'num_classes'):
             if not hasattr(self.head, attr):
@@ -123,7 +127,11 @@ class Detector(BaseModel):
     # ---------------------------------------------------------------- features and targets
     def extract_feat(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(inputs)
-        return self.neck(features) if self.neck is not None else features
+        necks = [] if self.neck is None else \
+            self.neck if isinstance(self.neck, nn.ModuleList) else [self.neck]
+        for neck in necks:
+            features = neck(features)
+        return features
 
     def _padding_mask(self, inputs: torch.Tensor, data_samples: Sequence | None) -> torch.Tensor:
         return padding_mask(data_samples, tuple(inputs.shape[-2:]), batch_size=inputs.shape[0],
