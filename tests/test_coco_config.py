@@ -1,6 +1,6 @@
 """The COCO base config runs on the synthetic stand-in with only data_root changed: its training
-pipeline (flip, large-scale jitter, photometric) yields consistent boxes and masks, and its
-evaluator scores ground truth given back as predictions at AP 1."""
+pipeline (box clipping, flip, large-scale jitter, photometric) yields consistent boxes and
+masks, and its evaluator scores ground truth given back as predictions at AP 1."""
 import os.path as osp
 
 import torch
@@ -18,6 +18,9 @@ CONFIG = osp.join(ROOT, 'configs/_base_/datasets/coco_instance.py')
 def test_train_pipeline_on_the_stand_in(coco_root):
     cfg = load_config(CONFIG, {'data_root': coco_root})
     dataset_cfg = cfg.train_dataloader.dataset
+    types = [step['type'] for step in dataset_cfg.pipeline]
+    # boxes are clipped before any albumentations transform sees them
+    assert types[1:3] == ['LoadAnnotations', 'ClipBoxes']
     for step in dataset_cfg.pipeline:
         if step['type'] == 'LargeScaleJitter':
             step['scale'] = (96, 96)

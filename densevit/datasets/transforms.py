@@ -15,6 +15,7 @@ detection: ``img_id``, ``instances`` (from the dataset), ``gt_bboxes`` (N, 4) fl
 from __future__ import annotations
 
 import os.path as osp
+import warnings
 from typing import Optional, Sequence
 
 import albumentations as A
@@ -28,7 +29,8 @@ from densevit.structures import DataSample, InstanceData, PixelData
 
 __all__ = ['build_pipeline', 'LoadImageFromFile', 'LoadAnnotations', 'Resize', 'RandomResize',
            'RandomCrop', 'RandomFlip', 'PhotoMetricDistortion', 'LargeScaleJitter', 'Pad',
-           'PackSegInputs', 'PackDetInputs']
+           'PackSegInputs', 'PackDetInputs', 'ClipBoxes', 'RandomChoiceResize', 'RandomSizeCrop',
+           'RandomChoice']
 
 _BBOX_PARAMS = dict(format='pascal_voc', label_fields=['bbox_ids'], clip=True)
 
@@ -489,6 +491,197 @@ class LargeScaleJitter:
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(scale={self.scale}, ratio_range={self.ratio_range})'
+
+
+# ------------------------------------------------------------ DETR multi-scale augmentation
+# DETR's training augmentation (facebookresearch/detr datasets/coco.py, kept by Deformable DETR,
+# DINO and detrex): flip, then with probability 1/2 either a short-side resize to one of
+# 480..800 (long side at most 1333), or a short-side resize to 400 / 500 / 600, a random crop of
+# a side drawn in [384, 600] and the same 480..800 resize:
+#   RandomFlip, RandomChoice([[RandomChoiceResize(480..800, 1333)],
+#                             [RandomChoiceResize(400/500/600), RandomSizeCrop(384, 600),
+#                              RandomChoiceResize(480..800, 1333)]])
+
+def _short_side_size(h: int, w: int, short: int,
+                     max_size: Optional[int]) -> tuple[int, int]:
+    """(new_h, new_w) with the short side ``short`` and the aspect ratio kept, the long side at
+    most ``max_size``, as DETR's ``get_size_with_aspect_ratio``: when short * (long / short of the
+    input) would pass ``max_size``, the target short side becomes round(max_size * input short /
+    input long); the new long side is floored. DETR's rounding can then put the long side a pixel
+    or two past ``max_size`` for very elongated images; here it is capped at ``max_size``."""
+    lo, hi = min(h, w), max(h, w)
+    if max_size is not None and hi / lo * short > max_size:
+        short = int(round(max_size * lo / hi))
+    if lo == short:
+        return h, w
+    long_side = int(short * hi / lo)
+    if max_size is not None:
+        long_side = min(long_side, max_size)
+    short, long_side = max(1, short), max(1, long_side)
+    return (short, long_side) if h <= w else (long_side, short)
+
+
+def _clip_boxes(results: dict, h: int, w: int) -> int:
+    """Clip ``gt_bboxes`` to an (h, w) image and drop those of zero width or height, with their
+    labels, ignore flags and masks; returns how many were dropped."""
+    if 'gt_bboxes' not in results:
+        return 0
+    boxes = np.asarray(results['gt_bboxes'], np.float32).reshape(-1, 4).copy()
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    results['gt_bboxes'] = boxes[keep]
+    dropped = int((~keep).sum())
+    if dropped:
+        for key in ('gt_bboxes_labels', 'gt_ignore_flags', 'gt_masks'):
+            if key in results:
+                results[key] = np.asarray(results[key])[keep]
+    return dropped
+
+
+@TRANSFORMS.register_module()
+class ClipBoxes:
+    """Clip ``gt_bboxes`` to the image (``img_shape``) and drop the boxes left with zero width or
+    height, with their labels, ignore flags and masks, as DETR's ``ConvertCocoPolysToMask`` does
+    when it reads the annotations. Put it right after ``LoadAnnotations``: a box lying wholly
+    outside the image cannot reach albumentations, which rejects degenerate boxes.
+
+    The first drop is reported with one warning (per process; a data loader worker is one);
+    ``num_dropped`` counts every box this instance has dropped.
+    """
+
+    def __init__(self) -> None:
+        self.num_dropped = 0
+
+    def __call__(self, results: dict) -> dict:
+        h, w = results.get('img_shape', results['img'].shape[:2])[:2]
+        dropped = _clip_boxes(results, h, w)
+        if dropped and not self.num_dropped:
+            warnings.warn(f'ClipBoxes: {dropped} box(es) of image '
+                          f'{results.get("img_path", "<unknown>")} lie outside it ({h}x{w}) and '
+                          f'were dropped; later drops are only counted (ClipBoxes.num_dropped)',
+                          stacklevel=2)
+        self.num_dropped += dropped
+        return results
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}()'
+
+
+@TRANSFORMS.register_module()
+class RandomChoiceResize:
+    """Resize so the short side is one of ``scales`` (drawn uniformly), keeping the aspect ratio,
+    with the long side at most ``max_size`` (DETR's ``RandomResize(sizes, max_size)``; see
+    ``_short_side_size``). Boxes are clipped to the image first and those of zero area dropped.
+
+    Args:
+        scales: Candidate short-side lengths in pixels.
+        max_size: Largest long side; None for no limit.
+    """
+
+    def __init__(self, *, scales: Sequence[int], max_size: Optional[int] = None) -> None:
+        scales = tuple(int(s) for s in scales)
+        if not scales or min(scales) <= 0:
+            raise ValueError(f'RandomChoiceResize scales must be positive short-side lengths, '
+                             f'got {scales}')
+        if max_size is not None and max_size < max(scales):
+            raise ValueError(f'RandomChoiceResize max_size {max_size} is below the largest '
+                             f'scale {max(scales)}')
+        self.scales = scales
+        self.max_size = max_size
+
+    def __call__(self, results: dict) -> dict:
+        short = self.scales[np.random.randint(len(self.scales))]
+        h, w = results['img'].shape[:2]
+        _clip_boxes(results, h, w)  # albumentations rejects a box wholly outside the image
+        return _resize_to(results, *_short_side_size(h, w, short, self.max_size))
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(scales={self.scales}, max_size={self.max_size})'
+
+
+@TRANSFORMS.register_module()
+class RandomSizeCrop:
+    """Crop a window of random size: width uniform in [min_size, min(W, max_size)], height
+    uniform in [min_size, min(H, max_size)] (integers, both ends included), at a uniformly random
+    position (DETR's ``RandomSizeCrop``). A side shorter than ``min_size`` is kept whole. Boxes are
+    clipped to the window; instances whose box or mask is left empty are dropped; with masks each
+    box becomes its mask's tight box. ``scale_factor`` is unchanged.
+
+    Args:
+        min_size: Smallest crop side.
+        max_size: Largest crop side.
+    """
+
+    def __init__(self, *, min_size: int, max_size: int) -> None:
+        if not 0 < min_size <= max_size:
+            raise ValueError(f'RandomSizeCrop needs 0 < min_size <= max_size, got '
+                             f'min_size={min_size}, max_size={max_size}')
+        self.min_size = int(min_size)
+        self.max_size = int(max_size)
+
+    def _side(self, length: int) -> int:
+        return int(np.random.randint(min(self.min_size, length),
+                                     min(length, self.max_size) + 1))
+
+    def __call__(self, results: dict) -> dict:
+        h, w = results['img'].shape[:2]
+        valid_h, valid_w = results.get('img_shape', (h, w))[:2]
+        cw = self._side(w)  # width first, then height, as DETR draws them
+        ch = self._side(h)
+        y0 = int(np.random.randint(0, h - ch + 1))
+        x0 = int(np.random.randint(0, w - cw + 1))
+        _clip_boxes(results, h, w)
+        if (ch, cw) != (h, w):
+            _apply_geometric(results, [A.Crop(x_min=x0, y_min=y0, x_max=x0 + cw, y_max=y0 + ch)])
+        results['img_shape'] = (max(0, min(valid_h - y0, ch)), max(0, min(valid_w - x0, cw)))
+        results['pad_shape'] = (ch, cw)
+        return results
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(min_size={self.min_size}, max_size={self.max_size})'
+
+
+@TRANSFORMS.register_module()
+class RandomChoice:
+    """Apply one of several transform lists, chosen at random (DETR's ``RandomSelect``).
+
+    Args:
+        transforms: The branches: each a list of transform configs (dicts with ``type``) or
+            callables, built with the TRANSFORMS registry.
+        probs: Probability of each branch; None for uniform.
+    """
+
+    def __init__(self, *, transforms: Sequence[Sequence], probs: Optional[Sequence[float]] = None
+                 ) -> None:
+        branches = list(transforms)
+        if not branches:
+            raise ValueError('RandomChoice needs at least one branch of transforms')
+        for k, branch in enumerate(branches):
+            if isinstance(branch, dict) or not isinstance(branch, (list, tuple)):
+                raise TypeError(f'RandomChoice transforms[{k}] must be a list of transforms (a '
+                                f'branch), got {branch!r}; wrap a single transform in a list')
+        self.transforms = [build_pipeline(branch) for branch in branches]
+        if probs is not None:
+            probs = tuple(float(p) for p in probs)
+            if len(probs) != len(branches) or min(probs) < 0 or not np.isclose(sum(probs), 1):
+                raise ValueError(f'RandomChoice probs must be {len(branches)} non-negative '
+                                 f'numbers summing to 1, got {probs}')
+        self.probs = probs
+
+    def __call__(self, results: dict) -> Optional[dict]:
+        if self.probs is None:
+            index = int(np.random.randint(len(self.transforms)))
+        else:
+            index = int(np.random.choice(len(self.transforms), p=self.probs))
+        for transform in self.transforms[index]:
+            results = transform(results)
+            if results is None:  # a transform rejected the sample (mmengine: refetch)
+                return None
+        return results
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(transforms={self.transforms}, probs={self.probs})'
 
 
 @TRANSFORMS.register_module()

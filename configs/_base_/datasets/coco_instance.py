@@ -7,6 +7,7 @@ image_size = (1024, 1024)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='ClipBoxes'),  # a box wholly outside its image would crash albumentations
     dict(type='RandomFlip', prob=0.5),
     dict(type='LargeScaleJitter', scale=image_size, ratio_range=(0.1, 2.0)),
     dict(type='PhotoMetricDistortion'),
