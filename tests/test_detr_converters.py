@@ -1,8 +1,12 @@
-"""Converters of densevit.checkpoint.detr (``deformable_detr``, ``dino``): each layout is
+"""Converters of densevit.checkpoint.detr (``deformable_detr``, ``dino``) and of the ImageNet
+ResNets they share their renaming with (densevit.checkpoint.resnet, ``resnet``): each layout is
 converted and loaded into the densevit model it targets, and the load report must be empty (no
 missing, unexpected or resized key: every key of the model is filled with the right shape).
 
 Where the state dicts come from:
+- ImageNet ResNet-50s are made by torchvision (``torchvision.models.resnet50()``) and timm
+  (``timm.create_model('resnet50')``) themselves; detectron2's names for torchvision's file are
+  made from torchvision's by the renaming of detectron2's ``tools/convert-torchvision-to-d2.py``.
 - transformers' ``DeformableDetrForObjectDetection`` is built by the reference package itself
   (random init, no download), with its timm ResNet-50 and with transformers' own ResNet; its Hub
   names (``conv_encoder``, ``out_proj``, ``fc1``) are made from the in-memory names with the
@@ -24,19 +28,23 @@ from __future__ import annotations
 
 import copy
 import functools
+import os.path as osp
 import re
 import textwrap
 
 import pytest
+import timm
 import torch
 import torchvision
 from torch import nn
 
+from densevit.apis.config import load_config
 from densevit.checkpoint import converters
 from densevit.checkpoint.detr import CONVERTERS, convert_deformable_detr, convert_dino
 from densevit.checkpoint.loading import load_state_dict
+from densevit.checkpoint.resnet import convert_resnet
 from densevit.datasets.metainfo import COCO_CAT_IDS
-from densevit.models.backbones.vit import ViT
+from densevit.models.backbones.timm_backbone import TimmBackbone
 from densevit.models.heads.detr import deformable_detr, dino  # noqa: F401  (registers heads)
 from densevit.models.necks.channel_mapper import ChannelMapper
 from densevit.models.necks.simple_feature_pyramid import SimpleFeaturePyramid
@@ -44,6 +52,7 @@ from densevit.models.tasks.detector import Detector
 from densevit.registry import MODELS
 from tools.convert_checkpoint import main as convert_main
 
+from .conftest import ROOT
 from .test_vit_converters import _detectron2_vitdet_state_dict
 
 DIM, HEADS, FFN, LEVELS, POINTS, QUERIES = 64, 2, 128, 4, 2, 20
@@ -304,7 +313,7 @@ def detrex_dino_r50(num_classes: int) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------ the tests
 def test_registered_kinds():
     assert set(CONVERTERS) == {'deformable_detr', 'dino'}
-    assert {'deformable_detr', 'dino'} <= set(converters())
+    assert {'deformable_detr', 'dino', 'resnet'} <= set(converters())
 
 
 @pytest.mark.parametrize('two_stage,with_box_refine', [(False, False), (False, True),
@@ -403,10 +412,11 @@ def test_detrex_dino_r50_loads_cleanly():
                                rtol=0, atol=0)
 
 
-def test_detrex_dino_vitdet_is_vit_pyramid_and_channel_mapper():
+def test_detrex_dino_vitdet_loads_into_the_vit_b_config():
     """detrex's dino-vitdet: backbone.net (ViT) + backbone.simfp_{3,4,5} (scale factors 2, 1, 0.5)
     with LastLevelMaxPool, then a ChannelMapper of four 1x1 convs (p3..p6). The pyramid goes
-    through convert_vitdet; densevit holds the two necks in a row (neck.0, neck.1)."""
+    through convert_vitdet; the model is configs/dino/dino-4scale_vit-b_coco-12e.py's, whose
+    necks [SimpleFeaturePyramid, ChannelMapper] are neck.0 and neck.1, at this file's sizes."""
     dim, depth = 96, 3
     vitdet = {k: v for k, v in _detectron2_vitdet_state_dict(dim, depth, DIM).items()
               if k.startswith('backbone.') and not k.startswith('backbone.simfp_2.')}
@@ -417,29 +427,96 @@ def test_detrex_dino_vitdet_is_vit_pyramid_and_channel_mapper():
     sd.update(vitdet)
     converted = convert_dino(sd)
 
-    backbone = ViT(arch='tiny', embed_dim=dim, depth=depth, num_heads=3,
-                   global_attn_indexes=(depth - 1,), window_size=14, img_size=1024,
-                   pretrain_img_size=224)
-    pyramid = SimpleFeaturePyramid(input_shapes=backbone.out_features, out_channels=DIM,
-                                   scale_factors=(2.0, 1.0, 0.5), top_block=True)
-    mapper = ChannelMapper(input_shapes=pyramid.out_features,
-                           in_features=('s8', 's16', 's32', 's64'), out_channels=DIM,
-                           num_extra_levels=0)
-    stand_in = nn.Module()  # what a Detector with the necks [pyramid, mapper] holds
-    stand_in.backbone, stand_in.neck = backbone, nn.ModuleList([pyramid, mapper])
-    stand_in.head = MODELS.build(dict(
-        type='DINO', input_shapes=mapper.out_features, num_classes=80, criterion=CRITERION,
-        hidden_dim=DIM, num_heads=HEADS, num_encoder_layers=ENC_LAYERS,
-        num_decoder_layers=DEC_LAYERS, ffn_dim=FFN, num_queries=QUERIES, enc_points=POINTS,
-        dec_points=POINTS, share_pred_layers=False))
-    own = assert_loads_cleanly(stand_in, converted)
+    cfg = load_config(osp.join(ROOT, 'configs/dino/dino-4scale_vit-b_coco-12e.py')).model
+    cfg.backbone.update(embed_dim=dim, depth=depth, num_heads=3, global_attn_indexes=(depth - 1,))
+    for neck in cfg.neck:
+        neck.out_channels = DIM
+    cfg.head.update(hidden_dim=DIM, num_heads=HEADS, num_encoder_layers=ENC_LAYERS,
+                    num_decoder_layers=DEC_LAYERS, ffn_dim=FFN, num_queries=QUERIES,
+                    enc_points=POINTS, dec_points=POINTS)
+    detector = MODELS.build(cfg)
+    assert [type(n) for n in detector.neck] == [SimpleFeaturePyramid, ChannelMapper]
+    own = assert_loads_cleanly(detector, converted)
     for ours, theirs in {'backbone.blocks.2.attn.rel_pos_h': 'backbone.net.blocks.2.attn.rel_pos_h',
                          'neck.0.resample.s8.0.weight': 'backbone.simfp_3.0.weight',
                          'neck.0.lateral.s16.conv.weight': 'backbone.simfp_4.0.weight',
                          'neck.0.output.s32.norm.bias': 'backbone.simfp_5.2.norm.bias',
                          'neck.1.lateral.s8.conv.weight': 'neck.convs.0.conv.weight',
-                         'neck.1.lateral.s64.norm.weight': 'neck.convs.3.norm.weight'}.items():
+                         'neck.1.lateral.s64.norm.weight': 'neck.convs.3.norm.weight',
+                         'head.class_embed.1.weight': 'class_embed.1.weight'}.items():
         torch.testing.assert_close(own[ours], sd[theirs], rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------ ImageNet ResNet
+def _randomise_batch_norms(model: nn.Module, seed: int) -> None:
+    """Distinct BN statistics and affine per layer, so a BN loaded into the wrong place shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                shape = module.running_mean.shape
+                module.running_mean.copy_(torch.randn(shape, generator=g) * 0.1)
+                module.running_var.copy_(torch.rand(shape, generator=g) + 0.5)
+                module.weight.copy_(torch.rand(shape, generator=g) + 0.5)
+                module.bias.copy_(torch.randn(shape, generator=g) * 0.1)
+
+
+def detectron2_names(torchvision_state: dict) -> dict:
+    """torchvision ResNet names -> detectron2's, as detectron2's
+    tools/convert-torchvision-to-d2.py renames them for ImageNetPretrained/torchvision/R-50.pkl
+    (stem.*, res{n}, conv{k}.norm, shortcut(.norm); the classifier becomes stem.fc)."""
+    out = {}
+    for key, value in torchvision_state.items():
+        new = key if 'layer' in key else 'stem.' + key
+        for stage in range(1, 5):
+            new = new.replace(f'layer{stage}', f'res{stage + 1}')
+        for index in range(1, 4):
+            new = new.replace(f'bn{index}', f'conv{index}.norm')
+        new = new.replace('downsample.0', 'shortcut').replace('downsample.1', 'shortcut.norm')
+        out[new] = value.numpy()  # the .pkl holds numpy arrays
+    return {'model': out, '__author__': 'torchvision', 'matching_heuristics': True}
+
+
+@functools.lru_cache(maxsize=None)
+def _timm_backbone() -> TimmBackbone:
+    """TimmBackbone('resnet50') with every stage out (s4..s32); each test loads it whole."""
+    return TimmBackbone(model_name='resnet50', out_indices=(1, 2, 3, 4))
+
+
+@pytest.mark.parametrize('source', ['torchvision', 'timm', 'detectron2'])
+def test_resnet_loads_into_timm_backbone_and_gives_the_same_features(source):
+    """An ImageNet ResNet-50 made by torchvision or timm (or torchvision's in detectron2's names)
+    fills TimmBackbone('resnet50') exactly and computes the maps of timm's ResNet-50 holding
+    the same weights."""
+    torch.manual_seed(0)
+    reference = timm.create_model('resnet50') if source == 'timm' else \
+        torchvision.models.resnet50()
+    _randomise_batch_norms(reference, seed=1)
+    state = reference.state_dict()
+    converted = convert_resnet(detectron2_names(state) if source == 'detectron2' else state)
+    assert not any('fc.' in k for k in converted)  # the classifier is dropped
+    backbone = _timm_backbone()
+    own = assert_loads_cleanly(backbone, converted)
+    for name in ('conv1.weight', 'bn1.running_var', 'layer1.0.downsample.1.weight',
+                 'layer3.5.bn2.bias', 'layer4.2.conv3.weight'):
+        torch.testing.assert_close(own['model.model.' + name], state[name], rtol=0, atol=0)
+
+    timm_model = timm.create_model('resnet50')  # torchvision's names are timm's
+    timm_model.load_state_dict(state)
+    x = torch.randn(1, 3, 70, 90, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = timm_model.eval().forward_intermediates(x, indices=(1, 2, 3, 4),
+                                                           intermediates_only=True)
+        got = backbone.eval()(x)
+    assert list(got) == ['s4', 's8', 's16', 's32']
+    for feat, ref in zip(got.values(), expected):
+        torch.testing.assert_close(feat, ref, rtol=0, atol=0)
+
+
+def test_resnet_converter_names_what_it_cannot_read():
+    state = torchvision.models.resnet18().state_dict()
+    with pytest.raises(ValueError, match=r'ResNet checkpoint.*layer5\.0\.conv1\.weight'):
+        convert_resnet(dict(state, **{'layer5.0.conv1.weight': torch.zeros(1)}))
 
 
 # ------------------------------------------------------------------------- transformers

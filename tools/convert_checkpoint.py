@@ -2,9 +2,9 @@
 ``python tools/convert_checkpoint.py KIND IN OUT [--config CONFIG]``.
 
 KIND is one of the converters in densevit.checkpoint (timm_vit, mae, deit, sam, vitdet, swin, nat,
-dinat, deformable_detr, dino). With ``--config`` the converted weights are loaded into that config's
-model (its backbone for backbone-only kinds) and the load report is printed: missing, unexpected
-and resized keys.
+dinat, resnet, deformable_detr, dino). With ``--config`` the converted weights are loaded into that
+config's model (its backbone for backbone-only kinds) and the load report is printed: missing,
+unexpected and resized keys.
 """
 import argparse
 import os

@@ -3,14 +3,10 @@
 (pure ``state_dict -> state_dict`` functions; load with ``densevit.checkpoint.load_state_dict``).
 
 Output keys:
-- ``backbone.model.model.*``: the ResNet in timm's names (``conv1``, ``bn1``,
-  ``layer{i}.{b}.conv{k}`` / ``bn{k}`` / ``downsample.{0,1}``), which ``TimmBackbone`` keeps under
-  timm's feature wrapper. torchvision's ResNet has the same names; transformers' own ResNet
-  (``embedder`` / ``encoder.stages``) and detectron2's (``stem`` / ``res{n}``, ``conv{k}.norm``,
-  ``shortcut``) are renamed (detectron2's must be the torchvision-style ResNet with the stride in
-  the 3x3 conv, ``stride_in_1x1=False`` as in detrex's configs; the names do not tell).
-  Frozen-BN checkpoints have no ``num_batches_tracked``; a zero counter (what a fresh
-  ``BatchNorm2d`` holds) is added for every BN.
+- ``backbone.model.model.*``: the ResNet in timm's names, which ``TimmBackbone`` keeps under
+  timm's feature wrapper; renamed by ``densevit.checkpoint.resnet`` (torchvision / timm,
+  transformers' and detectron2's namings, the latter with the stride in the 3x3 conv as in
+  detrex's configs; frozen-BN checkpoints get a zero ``num_batches_tracked``).
 - ``neck.lateral.s{stride}.{conv,norm}.*`` and ``neck.extra.s{stride}.{conv,norm}.*``: the input
   projections (1x1 conv + GroupNorm per backbone level, 3x3 stride-2 conv + GroupNorm per extra
   level) of ``ChannelMapper``. A ResNet's K projected levels are its last K stages (s32 last).
@@ -54,6 +50,7 @@ from typing import Callable, Iterable, Mapping, Optional
 
 import torch
 
+from .resnet import TIMM_PREFIX, rename_resnet
 from .vit import _unwrap, convert_vitdet
 
 __all__ = ['convert_deformable_detr', 'convert_dino', 'CONVERTERS']
@@ -61,7 +58,7 @@ __all__ = ['convert_deformable_detr', 'convert_dino', 'CONVERTERS']
 StateDict = Mapping[str, torch.Tensor]
 Rules = list[tuple[re.Pattern, Optional[str]]]
 
-BACKBONE = 'backbone.model.model.'  # TimmBackbone holds timm's model under FeatureGetterNet
+BACKBONE = 'backbone.' + TIMM_PREFIX  # the detector's TimmBackbone
 COCO_NUM_SLOTS = 91  # class slots of the official COCO heads: category ids 0..90
 
 
@@ -93,72 +90,6 @@ def _raise_unknown(unknown: Iterable[str], layout: str) -> None:
 
 
 # ----------------------------------------------------------------------------------- backbone
-_BN = r'(weight|bias|running_mean|running_var|num_batches_tracked)'
-# every ResNet naming -> timm's (= torchvision's) names
-_RESNET_RULES = _rules(
-    # timm / torchvision: kept as they are
-    (rf'(conv1\.weight|bn1\.{_BN})', r'\1'),
-    (rf'(layer[1-4]\.\d+\.(conv[1-3]\.weight|bn[1-3]\.{_BN}|downsample\.0\.weight|'
-     rf'downsample\.1\.{_BN}))', r'\1'),
-    # transformers' ResNet (ResNetBackbone): embedder, encoder.stages.{s}.layers.{b}
-    (r'embedder\.embedder\.convolution\.weight', 'conv1.weight'),
-    (rf'embedder\.embedder\.normalization\.{_BN}', r'bn1.\1'),
-    # detectron2: stem.conv1 (+ .norm), res{n}.{b}.conv{k} (+ .norm), shortcut (+ .norm)
-    (r'stem\.conv1\.weight', 'conv1.weight'),
-    (rf'stem\.conv1\.norm\.{_BN}', r'bn1.\1'),
-)
-
-
-def _resnet_name(name: str) -> Optional[str]:
-    """A ResNet parameter name in any of the three namings -> timm's name, or None."""
-    matched, new = _apply(_RESNET_RULES, name)
-    if matched:
-        return new
-    # transformers' ResNet: stage s is timm's layer{s+1}; layer.{i} is conv{i+1} / bn{i+1}
-    match = re.fullmatch(rf'encoder\.stages\.(\d+)\.layers\.(\d+)\.(shortcut|layer\.(\d))\.'
-                         rf'(convolution\.weight|normalization\.{_BN})', name)
-    if match:
-        stage, block, part, index, param = match[1], match[2], match[3], match[4], match[5]
-        conv = param.startswith('convolution')
-        suffix = 'weight' if conv else param.split('.', 1)[1]
-        if part == 'shortcut':
-            module = 'downsample.0' if conv else 'downsample.1'
-        else:
-            module = f'conv{int(index) + 1}' if conv else f'bn{int(index) + 1}'
-        return f'layer{int(stage) + 1}.{block}.{module}.{suffix}'
-    # detectron2: res{n} is timm's layer{n-1}; a conv's norm is its child
-    match = re.fullmatch(rf'res([2-5])\.(\d+)\.(conv[1-3]|shortcut)\.(weight|norm\.{_BN})', name)
-    if match:
-        stage, block, conv, param = int(match[1]) - 1, match[2], match[3], match[4]
-        if conv == 'shortcut':
-            module = 'downsample.0' if param == 'weight' else 'downsample.1'
-        else:
-            module = conv if param == 'weight' else 'bn' + conv[-1]
-        suffix = 'weight' if param == 'weight' else param.split('.', 1)[1]
-        return f'layer{stage}.{block}.{module}.{suffix}'
-    return None
-
-
-def _convert_resnet(weights: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
-    """A ResNet's tensors (keys relative to the ResNet) -> ``backbone.model.model.*`` timm keys,
-    with a zero ``num_batches_tracked`` for every BN that lacks one."""
-    out, unknown = {}, []
-    for name, value in weights.items():
-        new = _resnet_name(name)
-        if new is None:
-            unknown.append(name)
-        else:
-            out[BACKBONE + new] = value
-    if unknown:
-        raise ValueError(f'{layout}: backbone keys {unknown[:5]} ({len(unknown)} in all) are not '
-                         'ResNet parameters in torchvision / timm, transformers or detectron2 '
-                         'names; only ResNet backbones are converted')
-    for key in [k for k in out if k.endswith('.running_mean')]:
-        counter = key[:-len('running_mean')] + 'num_batches_tracked'
-        out.setdefault(counter, torch.zeros((), dtype=torch.long))
-    return out
-
-
 def _resnet_strides(num_levels: int) -> list[int]:
     """Strides of a ResNet's last ``num_levels`` stages (s32 the last)."""
     if not 1 <= num_levels <= 4:
@@ -326,7 +257,7 @@ def _convert_official(sd: StateDict, layout: str) -> dict[str, torch.Tensor]:
         elif new is not None:
             out[new] = value
     _raise_unknown(unknown, layout)
-    out.update(_convert_resnet(body, layout))
+    out.update(rename_resnet(body, prefix=BACKBONE, layout=layout))
     laterals, extras = _split_input_proj(proj)
     out.update(_convert_projections(laterals, extras, _resnet_strides(len(laterals))))
     return out
@@ -357,7 +288,7 @@ def _convert_transformers(sd: StateDict, coco_ids_to_labels: Optional[bool]
             out[new] = value
     _raise_unknown(unknown, layout)
     out.update(_pack_qkv(qkv))
-    out.update(_convert_resnet(body, layout))
+    out.update(rename_resnet(body, prefix=BACKBONE, layout=layout))
     laterals, extras = _split_input_proj(proj)
     out.update(_convert_projections(laterals, extras, _resnet_strides(len(laterals))))
     _remap_coco(out, _class_keys(out), None, coco_ids_to_labels)
@@ -471,7 +402,7 @@ def _convert_detrex_dino(sd: StateDict) -> dict[str, torch.Tensor]:
                     for k, v in pyramid.items()})
         out.update(_convert_projections(laterals, extras, strides, prefix='neck.1.'))
     else:
-        out.update(_convert_resnet(resnet, layout))
+        out.update(rename_resnet(resnet, prefix=BACKBONE, layout=layout))
         out.update(_convert_projections(laterals, extras, _resnet_strides(len(laterals))))
     return out
 
