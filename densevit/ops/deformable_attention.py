@@ -129,9 +129,14 @@ def multi_scale_deformable_attention(value: torch.Tensor, spatial_shapes: Spatia
                                 align_corners=False)  # (heads, E, Q, P)
         level_out = (sampled * weight[:, None]).sum(-1)  # (heads, E, Q)
         outs[image] = level_out if outs[image] is None else outs[image] + level_out
-    # B x (heads, E, Q) -> (B, heads*E, Q) -> (B, Q, heads*E)
-    out = torch.stack(outs).flatten(1, 2)
-    return out.transpose(1, 2).contiguous()
+    out = torch.stack(outs)  # B x (heads, E, Q) -> (B, heads, E, Q)
+    if out.requires_grad:
+        # the gradient comes back as a transposed view of (B, Q, heads*E); made contiguous here,
+        # once, so that each level's (heads, E, Q, P) products and grid_sample's backward get
+        # contiguous tensors instead of each copying the transposed layout
+        out.register_hook(torch.Tensor.contiguous)
+    # (B, heads, E, Q) -> (B, heads*E, Q) -> (B, Q, heads*E)
+    return out.flatten(1, 2).transpose(1, 2).contiguous()
 
 
 class MultiScaleDeformableAttention(nn.Module):
