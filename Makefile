@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.densevit-installed
 DATA := data/synthetic
-DEMO_CONFIG ?= configs/quickstart/upernet_vit-tiny_ade20k.py
+DEMO_CONFIG ?= configs/quickstart/upernet_resnet18_ade20k.py
 DEMO_DIR := work_dirs/demo
+RECOLORED := $(DATA)/recolored/ade20k/ADEChallengeData2016
 
 .PHONY: venv data demo test test-fast benchmark clean
 
@@ -18,7 +19,8 @@ $(STAMP): pyproject.toml setup.cfg
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-data: $(DATA)/ade20k/ADEChallengeData2016 $(DATA)/coco/annotations/instances_val2017.json
+data: $(DATA)/ade20k/ADEChallengeData2016 $(DATA)/coco/annotations/instances_val2017.json \
+	$(RECOLORED)
 
 $(DATA)/ade20k/ADEChallengeData2016: | $(STAMP)
 	$(PY) tools/make_synthetic.py $(DATA) --only ade20k
@@ -26,10 +28,18 @@ $(DATA)/ade20k/ADEChallengeData2016: | $(STAMP)
 $(DATA)/coco/annotations/instances_val2017.json: | $(STAMP)
 	$(PY) tools/make_synthetic.py $(DATA) --only coco
 
+# The ADE20K val split again with every colour redrawn (same shapes, same labels).
+$(RECOLORED): | $(STAMP)
+	$(PY) tools/make_synthetic.py $(DATA)/recolored --only ade20k --num-train 0 --recolor-seed 1
+
 demo: venv data
 	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(DEMO_DIR)
 	$(PY) tools/test.py $(DEMO_CONFIG) "$$(cat $(DEMO_DIR)/last_checkpoint)" \
 		--work-dir $(DEMO_DIR) --metrics-out $(DEMO_DIR)/metrics.json
+	$(PY) tools/test.py $(DEMO_CONFIG) "$$(cat $(DEMO_DIR)/last_checkpoint)" \
+		--work-dir $(DEMO_DIR)/recolored --metrics-out $(DEMO_DIR)/metrics-recolored.json \
+		--cfg-options data_root=$(RECOLORED)/
+	$(PY) tools/demo_summary.py $(DEMO_DIR)/metrics.json $(DEMO_DIR)/metrics-recolored.json
 
 test: venv data
 	$(PY) -m pytest -q -n 2 --durations=15

@@ -77,6 +77,21 @@ def test_absent_class_is_nan_and_left_out_unless_nan_to_num():
     assert res0 == {'aAcc': 75.0, 'mIoU': 37.5, 'mAcc': 37.5}
 
 
+def test_table_lists_the_classes_in_labels_or_predictions(monkeypatch):
+    """Of many classes the logged table shows those present (in labels or predictions) and says
+    how many it leaves out; last_per_class keeps them all."""
+    import densevit.evaluation.iou_metric as iou_module
+    logged = []
+    monkeypatch.setattr(iou_module, 'print_log', lambda msg, **kw: logged.append(msg))
+    metric = _metric([f'class{i}' for i in range(150)])
+    _run(metric, [_sample([[0, 7], [7, 7]], [[0, 0], [7, 7]])])
+    table = logged[-1]
+    rows = [line for line in table.splitlines() if line.startswith('| class')]
+    assert [r.split()[1] for r in rows] == ['class0', 'class7']
+    assert '148 of 150 classes' in table
+    assert len(metric.last_per_class) == 150
+
+
 def test_ignore_index_pixels_are_excluded():
     gt = torch.tensor([[0, 1], [7, 7]])
     good = torch.tensor([[0, 1], [0, 0]])

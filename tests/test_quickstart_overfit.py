@@ -11,7 +11,7 @@ from densevit.engine import build_runner
 from .conftest import ROOT
 
 EPOCHS = 200  # one iteration each: a batch of the four images
-CONFIG = osp.join(ROOT, 'configs/quickstart/upernet_vit-tiny_ade20k.py')
+CONFIG = osp.join(ROOT, 'configs/quickstart/upernet_resnet18_ade20k.py')
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """Write the synthetic COCO 2017 / ADE20K stand-in sets.
 
     python tools/make_synthetic.py OUT [--seed 0] [--num-train 200] [--num-val 50] [--size 128]
-                                       [--only coco|ade20k]
+                                       [--only coco|ade20k] [--recolor-seed N]
 
 writes OUT/coco (the COCO data_root) and OUT/ade20k/ADEChallengeData2016 (the ADE20K data_root).
 """
@@ -22,12 +22,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--num-val', type=int, default=50)
     parser.add_argument('--size', type=int, default=128, help='long side of the images')
     parser.add_argument('--only', choices=('coco', 'ade20k'), default=None)
+    parser.add_argument('--recolor-seed', type=int, default=None,
+                        help='redraw every colour from this seed; labels stay those of --seed')
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    common = dict(seed=args.seed, num_train=args.num_train, num_val=args.num_val, size=args.size)
+    common = dict(seed=args.seed, num_train=args.num_train, num_val=args.num_val, size=args.size,
+                  recolor_seed=args.recolor_seed)
     if args.only in (None, 'coco'):
         start = time.perf_counter()
         root = make_coco(osp.join(args.out, 'coco'), **common)

@@ -73,8 +73,9 @@ class IoUMetric(BaseMetric):
 
     A class whose denominator is 0 (e.g. absent from both labels and predictions for IoU, absent
     from the labels for Acc) is NaN and left out of the mean, unless ``nan_to_num`` replaces it.
-    The per-class values are logged as a table and kept in ``last_per_class`` (class name ->
-    {'IoU': ..., 'Acc': ..., ...}, percent), on the process that computes the metrics.
+    The per-class values are logged as a table (the classes present in the labels or the
+    predictions) and kept in ``last_per_class`` for every class (class name -> {'IoU': ...,
+    'Acc': ..., ...}, percent), on the process that computes the metrics.
 
     Args:
         ignore_index: label value excluded from every count.
@@ -162,8 +163,14 @@ class IoUMetric(BaseMetric):
             name: {key: _percent(per_class[key][i]) for key in order}
             for i, name in enumerate(names)
         }
-        rows = [[name] + [self.last_per_class[name][k] for k in order] for name in names]
-        print_log('per class results:\n' + format_table(['Class'] + order, rows),
+        # The table shows the classes in the labels or the predictions; of ADE20K's 150, a
+        # split may hold a handful, and rows of NaN would bury them.
+        shown = [i for i in range(len(names)) if area_label[i] > 0 or area_pred[i] > 0]
+        rows = [[names[i]] + [self.last_per_class[names[i]][k] for k in order] for i in shown]
+        hidden = len(names) - len(shown)
+        note = (f'\n({hidden} of {len(names)} classes are in neither the labels nor the '
+                f'predictions and are not shown)' if hidden else '')
+        print_log('per class results:\n' + format_table(['Class'] + order, rows) + note,
                   logger='current')
         return metrics
 
