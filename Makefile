@@ -6,6 +6,8 @@ STAMP := $(VENV)/.densevit-installed
 DATA := data/synthetic
 DEMO_CONFIG ?= configs/quickstart/upernet_resnet18_ade20k.py
 DEMO_DIR := work_dirs/demo
+DET_CONFIG ?= configs/quickstart/dino_vit-tiny_coco.py
+DET_DIR := work_dirs/demo-dino
 RECOLORED := $(DATA)/recolored/ade20k/ADEChallengeData2016
 
 .PHONY: venv data demo test test-fast benchmark clean
@@ -39,7 +41,11 @@ demo: venv data
 	$(PY) tools/test.py $(DEMO_CONFIG) "$$(cat $(DEMO_DIR)/last_checkpoint)" \
 		--work-dir $(DEMO_DIR)/recolored --metrics-out $(DEMO_DIR)/metrics-recolored.json \
 		--cfg-options data_root=$(RECOLORED)/
-	$(PY) tools/demo_summary.py $(DEMO_DIR)/metrics.json $(DEMO_DIR)/metrics-recolored.json
+	$(PY) tools/train.py $(DET_CONFIG) --work-dir $(DET_DIR)
+	$(PY) tools/test.py $(DET_CONFIG) "$$(cat $(DET_DIR)/last_checkpoint)" \
+		--work-dir $(DET_DIR) --metrics-out $(DET_DIR)/metrics.json
+	$(PY) tools/demo_summary.py $(DEMO_DIR)/metrics.json $(DEMO_DIR)/metrics-recolored.json \
+		$(DET_DIR)/metrics.json
 
 test: venv data
 	$(PY) -m pytest -q -n 2 --durations=15
