@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os.path as osp
 import statistics
-import tempfile
 import time
 
 import torch
@@ -99,44 +98,21 @@ def set_losses(quick: bool) -> list[dict]:
 
 def quickstart(quick: bool) -> dict:
     """Train the quickstart config on the stand-in set (written if missing) and evaluate it."""
-    from mmengine.hooks import Hook
-
     from densevit.apis import load_config
     from densevit.datasets.synthetic import make_coco
-    from densevit.engine import build_runner
 
-    cfg = load_config(QUICKSTART)
-    if not osp.isfile(osp.join(cfg.data_root, 'annotations', 'instances_val2017.json')):
-        make_coco(cfg.data_root.rstrip('/'), seed=0)
+    from benchmarks.quickstart_run import train_and_validate
 
-    class TrainClock(Hook):
-        """Counts training images and the seconds spent in training iterations only."""
-        images, seconds = 0, 0.0
-
-        def before_train_iter(self, runner, batch_idx, data_batch=None):
-            self._start = time.perf_counter()
-
-        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-            TrainClock.seconds += time.perf_counter() - self._start
-            TrainClock.images += len(data_batch['inputs'])
-
-    with tempfile.TemporaryDirectory() as work_dir:
-        options = {'work_dir': work_dir, 'default_hooks.checkpoint.interval': 10_000}
-        if quick:
-            options.update({'train_cfg.max_epochs': 1, 'train_cfg.val_interval': 1})
-        cfg = load_config(QUICKSTART, options)
-        runner = build_runner(cfg)
-        runner.register_hook(TrainClock())
-        start = time.perf_counter()
-        runner.train()
-        total = time.perf_counter() - start
-        metrics = runner.val_loop.run()
-    return dict(model='quickstart DINO ViT-tiny + masks (stand-in COCO)',
-                epochs=cfg.train_cfg.max_epochs,
-                train_images_per_s=TrainClock.images / TrainClock.seconds,
-                train_minutes=total / 60,
-                box_AP=metrics['coco/bbox_mAP'], box_AP50=metrics['coco/bbox_mAP_50'],
-                mask_AP=metrics['coco/segm_mAP'], mask_AP50=metrics['coco/segm_mAP_50'],
+    data_root = load_config(QUICKSTART).data_root
+    if not osp.isfile(osp.join(data_root, 'annotations', 'instances_val2017.json')):
+        make_coco(data_root.rstrip('/'), seed=0)
+    options = {'train_cfg.max_epochs': 1, 'train_cfg.val_interval': 1} if quick else {}
+    result = train_and_validate(QUICKSTART, options)
+    return dict(model='quickstart DINO ViT-tiny + masks (stand-in COCO)', epochs=result['epochs'],
+                train_images_per_s=result['train_images_per_s'],
+                train_minutes=result['train_minutes'],
+                box_AP=result['coco/bbox_mAP'], box_AP50=result['coco/bbox_mAP_50'],
+                mask_AP=result['coco/segm_mAP'], mask_AP50=result['coco/segm_mAP_50'],
                 threads=torch.get_num_threads())
 
 
