@@ -161,6 +161,25 @@ def test_all_12_numbers_match_pycocotools(coco):
         assert 0.05 < ref[0] < 0.95  # a test case that is neither trivial nor hopeless
 
 
+def test_per_category_table_lists_the_categories_with_ground_truth(coco, tmp_path,
+                                                                  monkeypatch):
+    """A category of the label space without annotations (as most of COCO's 80 on a small
+    split) gets no row of NaN; the table says how many it leaves out."""
+    import densevit.evaluation.coco_metric as coco_module
+    logged = []
+    monkeypatch.setattr(coco_module, 'print_log', lambda msg, **kw: logged.append(msg))
+    gt_file, gt, _, preds = coco
+    gt = dict(gt, categories=gt['categories'] + [{'id': 17, 'name': 'cat'}])
+    (tmp_path / 'gt.json').write_text(json.dumps(gt))
+    _run_metric(tmp_path / 'gt.json', preds,
+                {'classes': [c['name'] for c in CATEGORIES] + ['cat'], 'cat_ids': CAT_IDS + [17]},
+                metric=('bbox',))
+    table = next(msg for msg in logged if msg.startswith('per category bbox'))
+    rows = [line.split()[1] for line in table.splitlines()[4:] if line.startswith('| ')]
+    assert rows == [c['name'] for c in CATEGORIES]
+    assert '1 of 5 categories' in table
+
+
 def test_label_subset_maps_through_cat_ids_and_by_name(coco):
     gt_file, _, _, preds = coco
     keep = [3, 18]  # a dataset of only 'car' and 'dog': labels 0 -> 3, 1 -> 18

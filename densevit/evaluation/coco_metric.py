@@ -238,14 +238,17 @@ class CocoMetric(BaseMetric):
         precision = coco_eval.eval['precision']
         rows = []
         for k, cat_id in enumerate(coco_eval.params.catIds):
-            name = coco_gt.cats[int(cat_id)]['name']
-            row = [name]
+            row = [coco_gt.cats[int(cat_id)]['name']]
             for p in (precision[:, :, k, 0, -1], precision[0, :, k, 0, -1]):
                 valid = p[p > -1]
-                row.append(f'{valid.mean():.3f}' if valid.size else 'nan')
-            rows.append(row)
+                row.append(f'{valid.mean():.3f}' if valid.size else None)
+            if row[1] is not None:  # a category without ground truth has no AP: not a row
+                rows.append(row)
+        hidden = len(coco_eval.params.catIds) - len(rows)
+        note = (f'\n({hidden} of {len(coco_eval.params.catIds)} categories have no ground truth '
+                f'here and are not shown)' if hidden else '')
         print_log(f'per category {metric} results:\n' + format_table(
-            ['Category', 'AP', 'AP50'], rows), logger='current')
+            ['Category', 'AP', 'AP50'], rows) + note, logger='current')
 
 
 def _numpy(value: Any) -> np.ndarray:
