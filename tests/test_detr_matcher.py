@@ -184,3 +184,23 @@ def test_mask_costs_find_the_permutation():
                                          boxes=torch.full((1, 4, 4), 0.5), masks=pred), targets)[0]
     assert dict(zip(target_idx.tolist(), query_idx.tolist())) == {
         int(perm[q]): q for q in range(num_targets)}
+
+
+def test_mask_costs_of_a_batch_match_each_image_alone():
+    """The per-image mask costs give every image of a batch the matching it gets alone (same
+    random points: the generator is reseeded before each call)."""
+    gen = torch.Generator().manual_seed(3)
+    matcher = HungarianMatcher(cost_class=1, cost_bbox=1, cost_giou=1, cost_mask=5, cost_dice=5,
+                               num_points=200)
+    outputs = dict(logits=torch.randn(2, 6, 3, generator=gen),
+                   boxes=torch.rand(2, 6, 4, generator=gen) * 0.5 + 0.25,
+                   masks=torch.randn(2, 6, 8, 8, generator=gen))
+    targets = [dict(labels=torch.randint(0, 3, (n,), generator=gen),
+                    boxes=torch.rand(n, 4, generator=gen) * 0.5 + 0.25,
+                    masks=torch.rand(n, 32, 32, generator=gen) > 0.5) for n in (3, 4)]
+    torch.manual_seed(0)
+    batch = matcher(outputs, targets)
+    for i in range(2):
+        torch.manual_seed(0)
+        alone = matcher({k: v[i:i + 1] for k, v in outputs.items()}, targets[i:i + 1])[0]
+        assert torch.equal(batch[i][0], alone[0]) and torch.equal(batch[i][1], alone[1])

@@ -161,7 +161,8 @@ class HungarianMatcher(nn.Module):
 
         Returns:
             (B, Q, T) on the outputs' device, T = all targets of the batch in image order; only
-            image i's block (queries of i, targets of i) takes part in its matching.
+            image i's block (queries of i, targets of i) takes part in its matching, and the
+            mask costs are computed for those blocks only.
         """
         logits, boxes = outputs['logits'], outputs['boxes']
         batch_size, num_queries = logits.shape[:2]
@@ -201,27 +202,35 @@ class HungarianMatcher(nn.Module):
 
     def _mask_cost(self, pred_masks: torch.Tensor,
                    targets: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
-        """Weighted mask cost (B*Q, T) on one set of random points shared by all masks."""
+        """Weighted mask cost (B*Q, T) on one set of random points shared by all masks; only the
+        blocks of each image's queries against its own targets are filled (the rest is 0)."""
         missing = [i for i, t in enumerate(targets) if len(t['labels']) and 'masks' not in t]
         if missing:
             raise KeyError(f'targets of images {missing} have no masks, but the outputs carry '
                            'masks and the mask costs are enabled')
-        batch_size = pred_masks.shape[0]
+        batch_size, num_queries = pred_masks.shape[:2]
         coords = torch.rand(1, self.num_points, 2, device=pred_masks.device)  # (1, P, 2)
-        # (B, Q, h, w) sampled at (B, P, 2) -> (B, Q, P) -> (B*Q, P)
-        pred_points = point_sample(pred_masks, coords.expand(batch_size, -1, -1))
-        pred_points = pred_points.flatten(0, 1).float()
-        # each image's (N_i, H, W) masks as the channels of one map: (1, N_i, H, W) -> (N_i, P)
-        tgt_points = torch.cat([
-            point_sample(t['masks'].to(pred_masks.device, torch.float)[None], coords)[0]
-            for t in targets if len(t['labels'])])  # (T, P)
-        cost = pred_points.new_zeros(pred_points.shape[0], tgt_points.shape[0])
-        # the matmuls over thousands of points stay in float32 under mixed precision
-        with torch.autocast(pred_points.device.type, enabled=False):
-            if self.cost_mask:
-                cost = cost + self.cost_mask * mask_ce_cost(pred_points, tgt_points)
-            if self.cost_dice:
-                cost = cost + self.cost_dice * mask_dice_cost(pred_points, tgt_points)
+        # (B, Q, h, w) sampled at (B, P, 2) -> (B, Q, P)
+        pred_points = point_sample(pred_masks, coords.expand(batch_size, -1, -1)).float()
+        sizes = [len(t['labels']) for t in targets]
+        cost = pred_points.new_zeros(batch_size * num_queries, sum(sizes))
+        # Only image i's block (its queries, its targets) takes part in its matching, so over
+        # thousands of points the costs are computed per image, not for the whole batch.
+        start = 0
+        for i, (target, size) in enumerate(zip(targets, sizes)):
+            if not size:
+                continue
+            # (N_i, H, W) masks as the channels of one map: (1, N_i, H, W) -> (N_i, P)
+            tgt_points = point_sample(
+                target['masks'].to(pred_masks.device, torch.float)[None], coords)[0]
+            block = cost[i * num_queries:(i + 1) * num_queries, start:start + size]
+            # the matmuls over thousands of points stay in float32 under mixed precision
+            with torch.autocast(pred_points.device.type, enabled=False):
+                if self.cost_mask:
+                    block += self.cost_mask * mask_ce_cost(pred_points[i], tgt_points)
+                if self.cost_dice:
+                    block += self.cost_dice * mask_dice_cost(pred_points[i], tgt_points)
+            start += size
         return cost
 
 
