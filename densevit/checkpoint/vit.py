@@ -16,6 +16,8 @@ which resizes ``pos_embed`` and ``rel_pos_h/w`` to the model).
 """
 from __future__ import annotations
 
+from functools import partial
+
 import math
 import re
 from typing import Callable, Mapping
@@ -172,6 +174,7 @@ CONVERTERS: dict[str, Callable[[StateDict], dict[str, torch.Tensor]]] = {
     'timm_vit': convert_timm_vit,
     'mae': convert_mae,
     'deit': convert_deit,
-    'sam': convert_sam,
+    # the whole model (PromptableSegmenter); convert_sam alone gives the image encoder's keys
+    'sam': partial(convert_sam, keep_prompt_parts=True),
     'vitdet': convert_vitdet,
 }

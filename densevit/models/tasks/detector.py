@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
-from torch import nn
 from torchvision.ops import box_convert
 
 from ...checkpoint.loading import load_state_dict
@@ -35,6 +34,7 @@ from ...checkpoint.reading import read_state_dict
 from ...registry import MODELS
 from ...structures import DataSample, InstanceData
 from .det_data_preprocessor import pad_masks, padding_mask
+from .neck_chain import apply_neck, build_neck
 
 __all__ = ['Detector']
 
@@ -75,20 +75,12 @@ class Detector(BaseModel):
                  data_preprocessor: dict | None = None, test_cfg: dict | None = None,
                  backbone_checkpoint: str | None = None, init_cfg: dict | None = None) -> None:
         built_backbone = MODELS.build(backbone)
-        shapes = built_backbone.out_features
-        strides = [spec.stride for spec in shapes.values()]
-        necks = []
-        for cfg in ([] if neck is None else [neck] if isinstance(neck, Mapping) else neck):
-            necks.append(MODELS.build(cfg, default_args=dict(input_shapes=shapes)))
-            shapes = necks[-1].out_features
-            strides += [spec.stride for spec in shapes.values()]
+        built_neck, shapes, strides = build_neck(neck, built_backbone.out_features)
         if data_preprocessor is None:
             data_preprocessor = dict(type='DetDataPreprocessor', size_divisor=max(strides))
         super().__init__(data_preprocessor=MODELS.build(data_preprocessor), init_cfg=init_cfg)
         self.backbone = built_backbone
-        # one neck, or a chain (detrex's ViTDet DINO: simple feature pyramid, then ChannelMapper)
-        self.neck = (necks[0] if isinstance(neck, Mapping) else nn.ModuleList(necks)) \
-            if necks else None
+        self.neck = built_neck
         self.head = MODELS.build(head, default_args=dict(input_shapes=shapes))
         for attr in ('class_loss', 'with_masks', 'num_classes'):
             if not hasattr(self.head, attr):
@@ -126,12 +118,7 @@ class Detector(BaseModel):
 
     # ---------------------------------------------------------------- features and targets
     def extract_feat(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.backbone(inputs)
-        necks = [] if self.neck is None else \
-            self.neck if isinstance(self.neck, nn.ModuleList) else [self.neck]
-        for neck in necks:
-            features = neck(features)
-        return features
+        return apply_neck(self.neck, self.backbone(inputs))
 
     def _padding_mask(self, inputs: torch.Tensor, data_samples: Sequence | None) -> torch.Tensor:
         return padding_mask(data_samples, tuple(inputs.shape[-2:]), batch_size=inputs.shape[0],
