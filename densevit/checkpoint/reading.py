@@ -5,8 +5,9 @@ import pickle
 
 import numpy as np
 import torch
+from mmengine.logging.history_buffer import HistoryBuffer
 
-__all__ = ['read_state_dict']
+__all__ = ['read_state_dict', 'RESUME_GLOBALS']
 
 # detectron2 model-zoo files (.pkl) are plain pickles of numpy arrays; these are the only
 # globals they need.
@@ -15,6 +16,20 @@ _PKL_GLOBALS = {
     ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
     ('numpy', 'ndarray'), ('numpy', 'dtype'), ('collections', 'OrderedDict'),
 }
+
+
+def _numpy_globals() -> list:
+    # numpy arrays and scalars pickle through numpy's reconstruct helpers; their module moved from
+    # numpy.core to numpy._core in numpy 2, so take them from the objects' own reduce tuples.
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
+    scalar = np.float64(0).__reduce__()[0]
+    dtypes = [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')]
+    return [reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
+
+
+# What a densevit training checkpoint holds besides tensors: mmengine's message hub buffers and
+# numpy values (densevit.engine.checkpoint saves the buffers without their bound methods).
+RESUME_GLOBALS = [HistoryBuffer, *_numpy_globals()]
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -28,7 +43,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Load the state dict inside an official checkpoint file.
 
-    ``.pth``/``.pt``/``.bin`` files go through ``torch.load(weights_only=True)``; ``.pkl`` files
+    ``.pth``/``.pt``/``.bin`` files go through ``torch.load(weights_only=True)`` (with the few
+    classes of a densevit training checkpoint allowed, ``RESUME_GLOBALS``); ``.pkl`` files
     (detectron2) through a numpy-only unpickler; ``.safetensors`` through safetensors. Wrapper
     keys ``model``, ``state_dict`` and ``module`` are unwrapped.
     """
@@ -39,7 +55,8 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         with open(path, 'rb') as f:
             obj = _NumpyOnlyUnpickler(f, encoding='latin1').load()
     else:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
+        with torch.serialization.safe_globals(RESUME_GLOBALS):
+            obj = torch.load(path, map_location='cpu', weights_only=True)
     for wrapper in ('model', 'state_dict', 'module'):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

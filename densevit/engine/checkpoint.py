@@ -15,23 +15,12 @@ Never fall back to full unpickling of a checkpoint.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 
+from densevit.checkpoint.reading import RESUME_GLOBALS
+
 __all__ = ['RESUME_GLOBALS', 'enable_safe_resume']
-
-
-def _numpy_globals() -> list:
-    # numpy arrays and scalars pickle through numpy's reconstruct helpers; their module moved from
-    # numpy.core to numpy._core in numpy 2, so take them from the objects' own reduce tuples.
-    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
-    scalar = np.float64(0).__reduce__()[0]
-    dtypes = [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')]
-    return [reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
-
-
-RESUME_GLOBALS = [HistoryBuffer, *_numpy_globals()]
 
 
 def _history_buffer_state(self: HistoryBuffer) -> dict:
