@@ -1,5 +1,8 @@
-"""Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT [--out FILE] [--show-dir DIR]
-[--metrics-out FILE.json] [--work-dir DIR] [--cfg-options k=v ...] [--launcher pytorch]``."""
+"""Evaluate a checkpoint: ``python tools/test.py CONFIG [CHECKPOINT] [--out FILE] [--show-dir DIR]
+[--metrics-out FILE.json] [--work-dir DIR] [--cfg-options k=v ...] [--launcher pytorch]``.
+
+CHECKPOINT may be left out only for a model whose config names its own weights (e.g. a
+``PromptedInstanceSegmenter``, which loads its detector's and segmenter's)."""
 import argparse
 import json
 import os
@@ -11,10 +14,16 @@ from densevit.apis import load_config
 from densevit.engine import build_runner
 
 
+# models that load their parts' weights themselves, so they are evaluated without a checkpoint
+_SELF_LOADING = ('PromptedInstanceSegmenter',)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Evaluate a densevit checkpoint')
     parser.add_argument('config', help='config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', nargs='?',
+                        help='checkpoint file (leave out only for a config that names its '
+                             'own weights)')
     parser.add_argument('--work-dir', help='where the test log goes '
                         '(default: work_dirs/<config name>)')
     parser.add_argument('--out', help='dump every prediction to this pickle file')
@@ -30,9 +39,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
     cfg = load_config(args.config, args.cfg_options)
+    if args.checkpoint is None:
+        if cfg.model.get('type') not in _SELF_LOADING:
+            raise SystemExit(f'{args.config}: a {cfg.model.get("type")} needs a CHECKPOINT to '
+                             'evaluate')
+    elif not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         'work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint

@@ -68,7 +68,7 @@ class PromptedInstanceSegmenter(BaseModel):
             Its data preprocessor is this model's (the dataset pipeline is the detector's).
         segmenter: a ``PromptableSegmenter`` model config, or a config file's path.
         detector_checkpoint: the detector's weights: a checkpoint file or a training work dir
-            (its ``last_checkpoint``); loaded at ``init_weights``.
+            (its ``last_checkpoint``); loaded when the model is built.
         segmenter_checkpoint: the segmenter's weights, the same way.
         test_cfg: ``prompt_batch``: boxes decoded per call (bounds memory; default 64).
         init_cfg: mmengine init config.
@@ -91,11 +91,10 @@ class PromptedInstanceSegmenter(BaseModel):
             raise KeyError(f'PromptedInstanceSegmenter test_cfg has unknown keys '
                            f'{sorted(unknown)}; allowed: {sorted(_TEST_CFG_DEFAULTS)}')
         self.test_cfg = {**_TEST_CFG_DEFAULTS, **(test_cfg or {})}
-        self.checkpoints = dict(detector=detector_checkpoint, segmenter=segmenter_checkpoint)
-
-    def init_weights(self) -> None:
-        super().init_weights()
-        for role, path in self.checkpoints.items():
+        # loaded now, not at init_weights: the Runner initialises weights only to train, and
+        # this model is only evaluated (tools/test.py CONFIG, without a checkpoint of its own)
+        for role, path in (('detector', detector_checkpoint),
+                           ('segmenter', segmenter_checkpoint)):
             if path is not None:
                 path = _checkpoint_file(path, role)
                 logger.info('loading %s weights from %s', role, path)
