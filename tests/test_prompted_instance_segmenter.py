@@ -82,10 +82,9 @@ def test_a_resizing_pipeline_maps_boxes_and_image_back(model, image):
 def test_training_is_refused_and_checkpoints_named(model, image, tmp_path):
     with pytest.raises(ValueError, match='train the detector and the segmenter'):
         model(torch.zeros(1, 3, 32, 32), None, mode='loss')
-    pim = MODELS.build(dict(type='PromptedInstanceSegmenter', detector=DETECTOR,
-                            segmenter=SEGMENTER, segmenter_checkpoint=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match='without a last_checkpoint'):
-        pim.init_weights()
+        MODELS.build(dict(type='PromptedInstanceSegmenter', detector=DETECTOR,
+                          segmenter=SEGMENTER, segmenter_checkpoint=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match="detector config 'nope.py'"):
         MODELS.build(dict(type='PromptedInstanceSegmenter', detector='nope.py',
                           segmenter=SEGMENTER))
@@ -109,7 +108,7 @@ def test_weights_load_from_training_work_dirs(model, tmp_path):
     pim = MODELS.build(dict(type='PromptedInstanceSegmenter', detector=DETECTOR,
                             segmenter=SEGMENTER, detector_checkpoint=str(tmp_path / 'detector'),
                             segmenter_checkpoint=str(tmp_path / 'segmenter')))
-    pim.init_weights()
     for role in ('detector', 'segmenter'):
         for key, value in getattr(pim, role).state_dict().items():
             torch.testing.assert_close(value, getattr(model, role).state_dict()[key] + 1)
+
