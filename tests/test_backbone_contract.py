@@ -16,8 +16,14 @@ BACKBONES = {
                 global_attn_indexes=(1,), pretrain_img_size=64, img_size=64),
     'vit-plain': dict(type='ViT', arch='tiny', embed_dim=64, depth=2, num_heads=2, window_size=0,
                       global_attn_indexes=(), use_rel_pos=False, pretrain_img_size=64),
+    'vit-segmenter': dict(type='ViT', arch='tiny', embed_dim=64, depth=2, num_heads=2,
+                          window_size=0, global_attn_indexes=(), use_rel_pos=False,
+                          final_norm=True, class_token=True, layer_scale=0.1,
+                          pos_embed_interpolation='bilinear', pretrain_img_size=64),
     'swin': dict(type='Swin', arch='tiny', embed_dim=32, depths=(2, 2, 2, 2),
                  num_heads=(1, 2, 2, 4)),
+    'swin-mask-padding': dict(type='Swin', arch='tiny', embed_dim=32, depths=(2, 2, 2, 2),
+                              num_heads=(1, 2, 2, 4), mask_padding=True),
     'nat': dict(type='NAT', arch='mini', embed_dim=16, depths=(1, 1, 2, 1),
                 num_heads=(1, 1, 2, 2)),
     'dinat': dict(type='DiNAT', arch='mini', embed_dim=16, depths=(1, 2, 2, 1),
@@ -37,7 +43,7 @@ MULTI_MAP_NECKS = {
     'channel-mapper': dict(type='ChannelMapper', in_features=('s4', 's8', 's16', 's32'),
                            out_channels=32, num_extra_levels=1),
 }
-SINGLE_MAP_BACKBONES = ('vit', 'vit-plain', 'timm-vit')
+SINGLE_MAP_BACKBONES = ('vit', 'vit-plain', 'vit-segmenter', 'timm-vit')
 
 
 def _cases():

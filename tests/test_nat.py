@@ -1,8 +1,12 @@
 """NAT / DiNAT backbones and the official-checkpoint converter.
 
-References: the papers' parameter counts, the official SHI-Labs key names and settings, and an
-explicit masked full attention (N x N, mask built from the neighborhood definition) for one block.
+References: natten's own ``na2d`` (CPU, forward, no rpb) inside the small-map policy of the NATTEN
+module the official models were trained with (``natten.NeighborhoodAttention2D`` 0.14-0.15: pad an
+axis shorter than kernel x dilation up to it, keep the dilation, crop); an explicit masked full
+attention (N x N, mask built from the neighborhood definition) where the rpb matters; the papers'
+parameter counts and the official SHI-Labs key names and settings.
 """
+import warnings
 
 import pytest
 import torch
@@ -10,8 +14,7 @@ import torch.nn.functional as F
 
 from densevit.checkpoint.loading import load_state_dict
 from densevit.checkpoint.nat import CONVERTERS, convert_nat
-from densevit.models.backbones.nat import (NAT, DiNAT, NATBlock, NeighborhoodAttention2d,
-                                           clamp_dilation)
+from densevit.models.backbones.nat import NAT, DiNAT, NATBlock, NeighborhoodAttention2d
 from densevit.models.contract import check_features
 from densevit.registry import MODELS
 
@@ -54,18 +57,79 @@ def reference_na2d(q, k, v, kernel, dilation, rpb):
     return out.transpose(1, 2).reshape(b, h, w, heads, d)
 
 
-def reference_attention(module: NeighborhoodAttention2d, x, dilation):
-    """The module's computation written out: pad to the kernel, clamp, qkv split, masked attention
-    with rpb, crop, projection."""
+def _official_padding(x, kernel, dilation):
+    """natten 0.14's NeighborhoodAttention2D.forward: an axis shorter than kernel * dilation is
+    zero-padded at the end up to it (before the qkv projection); the dilation stays."""
+    span = kernel * dilation
+    h, w = x.shape[1:3]
+    return F.pad(x, (0, 0, 0, max(0, span - w), 0, max(0, span - h)))
+
+
+def reference_attention(module: NeighborhoodAttention2d, x, dilation, na2d=None):
+    """The official module's computation: pad (official policy), qkv split, neighborhood attention
+    (``na2d``, default the masked reference with the module's rpb), crop, projection."""
     b, h, w, c = x.shape
     kern, heads = module.kernel_size, module.num_heads
-    hp, wp = max(h, kern), max(w, kern)
-    xp = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
+    xp = _official_padding(x, kern, dilation)
+    hp, wp = xp.shape[1:3]
     qkv = xp @ module.qkv.weight.t() + module.qkv.bias
     q, k, v = qkv.reshape(b, hp, wp, 3, heads, c // heads).unbind(3)
-    dil = (max(1, min(dilation, hp // kern)), max(1, min(dilation, wp // kern)))
-    out = reference_na2d(q, k, v, kern, dil, module.rpb)[:, :h, :w].reshape(b, h, w, c)
+    if na2d is None:
+        out = reference_na2d(q, k, v, kern, (dilation, dilation), module.rpb)
+    else:
+        out = na2d(q, k, v, kern, dilation)
+    out = out[:, :h, :w].reshape(b, h, w, c)
     return out @ module.proj.weight.t() + module.proj.bias
+
+
+def natten_na2d(q, k, v, kernel, dilation):
+    """natten's own na2d. Where both sides divide by the dilation (always so for a side padded to
+    kernel * dilation) the dilation groups are attended as one batch of dilation-1 sub-grids, the
+    definition of dilated neighborhood attention, because natten's CPU path holds an N x N score
+    matrix (a 196x196 map would take ~12 GB); ``test_natten_reference_by_groups`` checks that this
+    equals natten's dilated call."""
+    natten = pytest.importorskip('natten')
+    b, h, w, heads, d = q.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # flex attention warns that it runs uncompiled on CPU
+        if dilation == 1 or h % dilation or w % dilation:
+            return natten.na2d(q, k, v, kernel, dilation=dilation)
+
+        def groups(t):
+            # (B, H, W, heads, D) -> (B, H/d, d, W/d, d, heads, D) -> (B*d*d, H/d, W/d, heads, D)
+            t = t.reshape(b, h // dilation, dilation, w // dilation, dilation, heads, d)
+            return t.permute(0, 2, 4, 1, 3, 5, 6).reshape(-1, h // dilation, w // dilation,
+                                                           heads, d)
+
+        out = natten.na2d(groups(q), groups(k), groups(v), kernel, dilation=1)
+    out = out.reshape(b, dilation, dilation, h // dilation, w // dilation, heads, d)
+    return out.permute(0, 3, 1, 4, 2, 5, 6).reshape(b, h, w, heads, d)
+
+
+def natten_backbone(model: NAT, images: torch.Tensor) -> dict:
+    """``model``'s forward with every attention computed by ``reference_attention`` over natten's
+    na2d (the model's rpb must be zero: natten has none)."""
+    x = model.patch_embed(images)
+    out = {}
+    for i, level in enumerate(model.levels):
+        for block in level.blocks:
+            attn = reference_attention(block.attn, block.norm1(x), block.dilation,
+                                       na2d=natten_na2d)
+            x = x + (attn if block.gamma1 is None else block.gamma1 * attn)
+            mlp = block.mlp(block.norm2(x))
+            x = x + (mlp if block.gamma2 is None else block.gamma2 * mlp)
+        if i in model.out_indices:
+            out[f's{4 * 2 ** i}'] = getattr(model, f'norm{i}')(x).permute(0, 3, 1, 2)
+        if level.downsample is not None:
+            x = level.downsample(x)
+    return out
+
+
+def _zero_rpb(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith('rpb'):
+                p.zero_()
 
 
 def test_reference_mask_is_the_plain_neighborhood_inside_the_map():
@@ -80,8 +144,8 @@ def test_reference_mask_is_the_plain_neighborhood_inside_the_map():
 @pytest.mark.parametrize('size, kernel, dilation', [
     ((9, 12), 3, 1),
     ((9, 12), 3, 2),
-    ((9, 13), 3, 4),  # clamped to (3, 4): per-axis dilation
-    ((2, 5), 3, 2),  # smaller than the kernel: padded to (3, 5), dilation clamped to 1
+    ((9, 13), 3, 4),  # rows shorter than 3 * 4: padded to 12 rows, dilation 4 kept
+    ((2, 5), 3, 2),  # both axes shorter than 3 * 2: padded to 6 x 6
     ((14, 15), 5, 1),
 ])
 def test_attention_matches_masked_reference(size, kernel, dilation):
@@ -93,6 +157,39 @@ def test_attention_matches_masked_reference(size, kernel, dilation):
     x = torch.randn(2, *size, 12)
     expected = reference_attention(module, x, dilation)
     torch.testing.assert_close(module(x, dilation), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('size, kernel, dilation', [
+    ((5, 6), 3, 3),  # both axes shorter than 9
+    ((4, 11), 3, 4),  # rows 4 < 12 padded, columns 11 < 12 padded
+    ((13, 6), 5, 2),  # rows long enough, columns 6 < 10 padded
+    ((2, 2), 7, 1),  # smaller than the kernel
+    ((3, 7), 7, 3),  # DiNAT-T level 3 at a small input
+])
+def test_small_maps_match_natten(size, kernel, dilation):
+    """Maps smaller than kernel x dilation, against natten's own na2d inside the official
+    NATTEN module's pad / crop (natten refuses such maps itself)."""
+    torch.manual_seed(0)
+    module = NeighborhoodAttention2d(dim=16, num_heads=2, kernel_size=kernel)
+    _zero_rpb(module)
+    with torch.no_grad():
+        module.qkv.bias.normal_()  # the padded tokens' keys and values are these biases
+    x = torch.randn(2, *size, 16)
+    with torch.no_grad():  # natten's CPU path is forward only
+        expected = reference_attention(module, x, dilation, na2d=natten_na2d)
+        out = module(x, dilation)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_natten_reference_by_groups():
+    """The grouped form of the natten reference equals natten's own dilated call."""
+    natten = pytest.importorskip('natten')
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 24, 18, 2, 8, generator=gen) for _ in range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        direct = natten.na2d(q, k, v, 3, dilation=6)
+    torch.testing.assert_close(natten_na2d(q, k, v, 3, 6), direct, atol=1e-6, rtol=1e-6)
 
 
 def test_block_wiring_with_layer_scale():
@@ -148,14 +245,6 @@ def test_official_settings_and_registry():
     assert large.levels[3].blocks[0].attn.num_heads == 48
     assert large.out_features['s32'].channels == 1536
     assert block.attn.rpb.shape == (12, 13, 13)
-
-
-def test_clamp_dilation():
-    assert clamp_dilation(196, 7, 28) == 28  # the COCO setting needs a 196-token side
-    assert clamp_dilation(56, 7, 28) == 8
-    assert clamp_dilation(14, 7, 3) == 2
-    assert clamp_dilation(7, 7, 3) == 1
-    assert clamp_dilation(3, 7, 2) == 1
 
 
 @pytest.mark.parametrize('kwargs, words', [
@@ -286,7 +375,7 @@ def tiny_dinat(**overrides):
 
 def test_tiny_dinat_forward_backward_finite_gradients():
     torch.manual_seed(0)
-    # 64x48 input: level 3 is 2x2, smaller than the kernel (padded); dilations get clamped
+    # 64x48 input: level 3 is 2x2, smaller than the kernel; every dilated block pads its map
     model = tiny_dinat(layer_scale=0.1, drop_path_rate=0.0,
                        dilations=[[1, 28], [1, 14], [3, 7], [1, 3]])
     images = torch.randn(2, 3, 64, 48)
@@ -307,24 +396,38 @@ def test_odd_input_size_gives_ceil_shapes():
     check_features(feats, model.out_features, (37, 70), 'DiNAT')
 
 
-@pytest.fixture(scope='module')
-def dinat_tiny_coco():
+def _check_against_natten(model: NAT, size) -> float:
+    _zero_rpb(model)
+    images = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        ours = model(images)
+        ref = natten_backbone(model, images)
+    worst = 0.0
+    for name in ref:
+        worst = max(worst, (ours[name] - ref[name]).abs().max().item())
+        torch.testing.assert_close(ours[name], ref[name], atol=1e-4, rtol=1e-4)
+    return worst
+
+
+def test_tiny_dinat_small_maps_match_natten():
+    # 48x40 input: maps 12x10, 6x5, 3x3, 2x2, every dilated block smaller than 3 x dilation
     torch.manual_seed(0)
-    return DiNAT(arch='tiny', dilations=COCO_DINAT_TINY).eval()
+    model = tiny_dinat(kernel_size=3, layer_scale=0.5,
+                       dilations=[[1, 6], [2, 4], [3, 2], [1, 2]]).eval()
+    _check_against_natten(model, (48, 40))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('size', [(224, 224), (256, 384)])
-def test_dinat_tiny_with_coco_dilations(dinat_tiny_coco, size):
-    with torch.no_grad():
-        feats = dinat_tiny_coco(torch.randn(1, 3, *size))
-    check_features(feats, dinat_tiny_coco.out_features, size, 'DiNAT-T')
-    assert all(torch.isfinite(f).all() for f in feats.values())
-    assert [s.channels for s in dinat_tiny_coco.out_features.values()] == [64, 128, 256, 512]
+def test_dinat_tiny_imagenet_dilations_match_natten():
+    """DiNAT-T (ImageNet dilations 8/4/2/1, kernel 7) at 128x96: every level's map (32x24, 16x12,
+    8x6, 4x3) is smaller than 7 x its dilation."""
+    torch.manual_seed(0)
+    _check_against_natten(DiNAT(arch='tiny').eval(), (128, 96))
 
 
 @pytest.mark.slow
-def test_dinat_tiny_at_512(dinat_tiny_coco):
-    with torch.no_grad():
-        feats = dinat_tiny_coco(torch.randn(1, 3, 512, 512))
-    check_features(feats, dinat_tiny_coco.out_features, (512, 512), 'DiNAT-T')
+def test_dinat_tiny_coco_dilations_match_natten():
+    """DiNAT-T with the COCO dilations at 224x160 (0.2 of the training scale): level 0 is 56x40,
+    padded to 196x196 for dilation 28, level 1 28x20 padded to 98 for dilation 14, ..."""
+    torch.manual_seed(0)
+    _check_against_natten(DiNAT(arch='tiny', dilations=COCO_DINAT_TINY).eval(), (224, 160))

@@ -278,3 +278,27 @@ def test_rel_pos_attention_in_row_slices_equals_full_bias(max_bias_elements):
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     torch.testing.assert_close(
         rel_pos_attention(q, k, v, rel_h, rel_w, (5, 6), (5, 6), max_bias_elements), expected)
+
+
+def test_class_token_and_layer_scale_options():
+    vit = ViT(arch='tiny', depth=2, global_attn_indexes=(), window_size=0, use_rel_pos=False,
+              final_norm=True, class_token=True, dist_token=True, layer_scale=0.1,
+              pretrain_img_size=64)
+    assert vit.cls_token.shape == vit.dist_token.shape == (1, 1, 192)
+    assert vit.cls_pos_embed.shape == (1, 2, 192)
+    assert vit.blocks[1].ls2.gamma.shape == (192,)
+    assert {vit.layer_id(n) for n in ('cls_token', 'dist_token', 'cls_pos_embed')} == {0}
+    assert {'cls_token', 'dist_token', 'cls_pos_embed', 'pos_embed'} <= vit.no_weight_decay()
+    assert vit.checkpoint_ignored_keys() == set()  # it has a final norm
+    assert ViT(arch='tiny', depth=1, global_attn_indexes=()).checkpoint_ignored_keys() == {
+        'norm.weight', 'norm.bias'}
+    with pytest.raises(ValueError, match='global attention in every block'):
+        ViT(arch='tiny', depth=2, global_attn_indexes=(1,), window_size=4, class_token=True)
+    with pytest.raises(ValueError, match='use_rel_pos'):
+        ViT(arch='tiny', depth=2, global_attn_indexes=(), window_size=0, use_rel_pos=True,
+            class_token=True)
+    with pytest.raises(ValueError, match='dist_token=True needs class_token'):
+        ViT(arch='tiny', depth=1, global_attn_indexes=(), window_size=0, use_rel_pos=False,
+            dist_token=True)
+    with pytest.raises(ValueError, match='pos_embed_interpolation'):
+        ViT(arch='tiny', depth=1, global_attn_indexes=(), pos_embed_interpolation='nearest')

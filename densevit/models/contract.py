@@ -14,6 +14,11 @@ that dict and returns another, declared in its own ``out_features``. A head is b
 ``input_shapes`` of what feeds it and names the features it consumes (``in_features``).
 Nothing else couples them: the task models pass ``input_shapes`` when they build a neck or head.
 
+A backbone loaded from a pretrained checkpoint (``backbone_checkpoint``) must take the file
+completely; it names the two differences it accepts: ``checkpoint_optional_keys()`` (parts the
+dense backbone adds to the pretrained network, which start from their initialisation) and
+``checkpoint_ignored_keys()`` (parts of the pretrained network it drops by design).
+
 For layer-wise lr decay a backbone reports ``num_layers`` and ``layer_id(param_name)``: 0 for the
 stem (patch embedding, position embedding), 1..num_layers for its blocks; parameters outside the
 backbone (neck, heads) count as num_layers + 1 and are not decayed.
@@ -50,6 +55,17 @@ class Backbone(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters, besides norms and biases, that take no weight decay."""
+        return set()
+
+    def checkpoint_optional_keys(self) -> set[str]:
+        """State-dict keys a pretrained (classification) checkpoint may lack: parts the dense
+        backbone adds to the pretrained network, e.g. per-level output norms, which then start
+        from their initialisation."""
+        return set()
+
+    def checkpoint_ignored_keys(self) -> set[str]:
+        """Checkpoint keys this backbone drops by design, e.g. the final ``norm`` of a
+        pretraining checkpoint for a ViT built without one (as ViTDet drops MAE's)."""
         return set()
 
 

@@ -12,8 +12,8 @@ after ``densevit.checkpoint.nat.convert_nat`` only drops the classifier.
 
 timm has no NAT, and its ``Mlp`` / ``DropPath`` are reused here; the attention itself is
 ``densevit.ops.na2d``. What is written here: the stem, the conv downsampler, the attention module
-(with the relative position bias ``rpb``, the run-time dilation clamp and the small-map padding)
-and the level/backbone wiring.
+(with the relative position bias ``rpb`` and the small-map padding of the NATTEN module the
+official models were trained with) and the level/backbone wiring.
 """
 from __future__ import annotations
 
@@ -32,18 +32,7 @@ from densevit.models.contract import Backbone, FeatureSpec
 from densevit.ops import na2d
 from densevit.registry import MODELS
 
-__all__ = ['NAT', 'DiNAT', 'clamp_dilation', 'dinat_dilations']
-
-
-def clamp_dilation(side: int, kernel_size: int, dilation: int) -> int:
-    """Largest dilation <= ``dilation`` whose neighborhood fits a map side of ``side`` tokens.
-
-    A dilated neighborhood spans ``kernel_size * dilation`` tokens; it must not exceed the side, so
-    the dilation becomes ``min(dilation, side // kernel_size)`` (at least 1). E.g. the published
-    COCO DiNAT setting, dilation 28 at stride 4, needs a 196-token side; at a 224 input (56 tokens)
-    it runs with dilation 8.
-    """
-    return max(1, min(dilation, side // kernel_size))
+__all__ = ['NAT', 'DiNAT', 'dinat_dilations']
 
 
 def dinat_dilations(depths: Sequence[int], level_dilations: Sequence[int]) -> list[list[int]]:
@@ -102,13 +91,13 @@ class NeighborhoodAttention2d(nn.Module):
     """Multi-head 2-D neighborhood attention on a (B, H, W, C) map, with NAT's relative position
     bias ``rpb`` (heads, 2k-1, 2k-1).
 
-    Maps narrower than the kernel (fewer than ``kernel_size`` tokens along H or W) are zero-padded
-    at the bottom/right up to the kernel size before the qkv projection, attended, then cropped back
-    (the padded tokens take part as keys, as in the NATTEN module the official models were trained
-    with). The dilation is clamped per call and per axis by ``clamp_dilation`` so that
-    ``kernel_size * dilation`` never exceeds the (padded) side. (That NATTEN module instead padded
-    every map up to ``kernel_size * dilation``; the two agree wherever the map is at least that
-    large, as at the published models' training sizes.)
+    Small maps as the NATTEN module the official NAT / DiNAT models were trained with
+    (``natten.NeighborhoodAttention2D``, 0.14 to 0.15): along an axis shorter than
+    ``kernel_size * dilation`` the map is zero-padded at the bottom / right up to that length
+    before the qkv projection, attended with the dilation unchanged, and cropped back. The padded
+    tokens take part as keys (their keys and values are the projection biases). So at any size a
+    block attends as at its training size, e.g. the COCO DiNAT setting, dilation 28 at stride 4,
+    on a 196-token side even when the map is smaller (multi-scale testing at 0.5).
     """
 
     def __init__(self, *, dim: int, num_heads: int, kernel_size: int, qkv_bias: bool = True,
@@ -136,17 +125,15 @@ class NeighborhoodAttention2d(nn.Module):
 
     def forward(self, x: torch.Tensor, dilation: int = 1) -> torch.Tensor:
         b, h, w, c = x.shape
-        k = self.kernel_size
-        pad_h, pad_w = max(0, k - h), max(0, k - w)
+        span = self.kernel_size * dilation  # the least side na2d takes at this dilation
+        pad_h, pad_w = max(0, span - h), max(0, span - w)
         if pad_h or pad_w:
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # (B, H, W, C) -> (B, H', W', C)
         hp, wp = h + pad_h, w + pad_w
-        dil_h, dil_w = clamp_dilation(hp, k, dilation), clamp_dilation(wp, k, dilation)
         # (B, H', W', 3C) -> (B, H', W', 3, heads, C/heads)
         qkv = self.qkv(x).reshape(b, hp, wp, 3, self.num_heads, c // self.num_heads)
-        q, k_, v = qkv.unbind(3)  # each (B, H', W', heads, C/heads)
-        out = na2d(q, k_, v, k, dilation=dil_h if dil_h == dil_w else (dil_h, dil_w),
-                   rpb=self.rpb)
+        q, k, v = qkv.unbind(3)  # each (B, H', W', heads, C/heads)
+        out = na2d(q, k, v, self.kernel_size, dilation=dilation, rpb=self.rpb)
         out = out[:, :h, :w].reshape(b, h, w, c)  # (B, H, W, heads, C/heads) -> (B, H, W, C)
         return self.proj_drop(self.proj(out))
 
@@ -162,7 +149,8 @@ class NATBlock(nn.Module):
             dim: channels.
             num_heads: attention heads.
             kernel_size: neighborhood side.
-            dilation: the block's nominal dilation (clamped at run time to the map size).
+            dilation: the block's dilation (maps shorter than ``kernel_size * dilation`` are
+                padded up to it, see ``NeighborhoodAttention2d``).
             mlp_ratio: MLP hidden width / dim.
             qkv_bias: bias in the qkv projection.
             drop: dropout after the attention projection and in the MLP.
@@ -245,9 +233,9 @@ class NAT(Backbone):
     """Neighborhood Attention Transformer backbone: maps at strides 4, 8, 16, 32 named
     's4'..'s32', each through its own LayerNorm, returned as (B, C, ceil(H/s), ceil(W/s)).
 
-    Any input size runs. Per block the dilation is clamped at run time, separately for H and W,
-    so that ``kernel_size * dilation`` never exceeds the token grid side (see ``clamp_dilation``);
-    maps smaller than the kernel are padded up to it for attention and cropped after.
+    Any input size runs: a block whose map is shorter than ``kernel_size * dilation`` along an
+    axis pads it up to that for attention and crops after, as the official models' NATTEN module
+    did (see ``NeighborhoodAttention2d``).
 
     Layer ids (for layer-wise lr decay): 0 for the stem, blocks 1..sum(depths) numbered
     consecutively across levels, a downsampler takes the id of the block before it, the output
@@ -383,14 +371,18 @@ class NAT(Backbone):
         """The relative position biases, ``levels.<i>.blocks.<j>.attn.rpb``."""
         return {name for name, _ in self.named_parameters() if name.endswith('.rpb')}
 
+    def checkpoint_optional_keys(self) -> set[str]:
+        """The per-level output norms ``norm<i>``: classification checkpoints have none."""
+        return {key for key in self.state_dict() if re.match(r'norm\d+\.', key)}
+
 
 @MODELS.register_module()
 class DiNAT(NAT):
     """Dilated Neighborhood Attention Transformer backbone: NAT whose blocks alternate dilation 1
     and a per-level dilation. The default is the ImageNet-224 pattern (levels 8, 4, 2, 1); dense
     configs pass their own ``dilations`` (e.g. COCO DiNAT-T ``[[1, 28, 1], [1, 7, 1, 14],
-    [1, 3, 1, 5, 1, 7, ...], [1, 3, 1, 3, 1]]``). Dilations are clamped at run time to the map
-    size (see ``NAT``). Sizes mini/tiny/small/base/large."""
+    [1, 3, 1, 5, 1, 7, ...], [1, 3, 1, 3, 1]]``). Maps smaller than kernel x dilation are padded
+    (see ``NAT``). Sizes mini/tiny/small/base/large."""
 
     arch_settings = _DINAT_ARCHS
     default_level_dilations = (8, 4, 2, 1)

@@ -5,15 +5,16 @@ The patch embedding, stages, blocks, window attention and patch merging are timm
 checkpoints load directly and official Microsoft ones after
 ``densevit.checkpoint.swin.convert_swin``. What timm lacks, and this file adds:
 
-- Shifted-window attention at any feature size. timm rolls the map before padding it to a multiple
-  of the window and builds its shift mask as if the wrapped rows sat at the padded border, so at
-  sizes the window does not divide, tokens from opposite borders share a window; its zero padding
-  also takes part in attention. Here the map is padded first, then rolled, and one mask both
-  separates the shifted regions and hides padded keys: every token attends to exactly the real
-  tokens of its window, however much padding there is (``shifted_window_mask``).
-- The window layout follows the actual feature size (timm fixes it from ``img_size`` when the model
-  is built): along an axis no longer than the window there is one window and no shift, as in the
-  classification Swin whose last stage is 7x7 at 224.
+- Shifted-window attention at any feature size, as the official detection / segmentation Swin
+  (Swin-Transformer-Object-Detection, mmseg's ``SwinTransformer``) computes it: the map is padded
+  at the bottom and right to a multiple of the window, then rolled by half a window in every
+  shifted block (whatever the map size), and the shift mask is built on the padded size. Padded
+  tokens are zeros after ``norm1`` and take part in attention as keys, unmasked; official
+  fine-tuned checkpoints depend on that. (timm instead rolls before padding and fixes its layout
+  from ``img_size`` when the model is built.)
+- ``mask_padding=True``, a densevit option off by default: one mask also hides padded keys, and
+  along an axis no longer than the window there is no shift, so every token attends to exactly the
+  real tokens of its window, however much padding there is.
 - Padding the image to a multiple of the patch size (timm's PatchEmbed requires divisibility).
 - A LayerNorm per output level, as the dense-prediction Swin has, and (B, C, H, W) maps by name.
 """
@@ -45,37 +46,49 @@ SWIN_ARCHS: dict[str, dict] = {
 _MASKED = -100.0
 
 
-def _window_shift(size: int, window: int, shifted: bool) -> int:
-    """Shift along one axis: half a window in a shifted block, none if one window covers it."""
-    return window // 2 if shifted and size > window else 0
+def _window_shift(size: int, window: int, shifted: bool, mask_padding: bool) -> int:
+    """Shift along one axis: half a window in a shifted block (official Swin, at any size); with
+    ``mask_padding`` none where one window covers the axis."""
+    if not shifted or (mask_padding and size <= window):
+        return 0
+    return window // 2
 
 
-def _axis_groups(size: int, padded: int, window: int, shift: int,
-                 device: torch.device) -> torch.Tensor:
-    """Window index of every position along one axis, in unrolled coordinates; -1 for padding.
+def _axis_groups(size: int, padded: int, window: int, shift: int, mask_padding: bool,
+                 device: torch.device | None) -> torch.Tensor:
+    """Cell index of every position along one padded axis, in unrolled coordinates; with
+    ``mask_padding`` -1 for the padding.
 
     Rolling by ``shift`` and cutting windows of ``window`` is, in the original coordinates, a grid
-    whose cells start at ``shift + k * window`` (the first cell is ``[0, shift)``).
+    whose cells start at ``shift + k * window`` (the first cell is ``[0, shift)``). Without
+    ``mask_padding`` the padding belongs to the cell it falls in, which within every window gives
+    the official partition: rolled positions ``[0, P - ws)``, ``[P - ws, P - shift)`` and
+    ``[P - shift, P)`` of the padded length ``P``.
     """
     pos = torch.arange(padded, device=device)
     groups = torch.div(pos - shift, window, rounding_mode='floor') + 1
+    if not mask_padding:
+        return groups
     return torch.where(pos < size, groups, torch.full_like(groups, -1))
 
 
-def shifted_window_mask(height: int, width: int, window: int, shift: tuple[int, int],
-                        device: torch.device | None = None,
+def shifted_window_mask(height: int, width: int, window: int, shift: tuple[int, int], *,
+                        mask_padding: bool = False, device: torch.device | None = None,
                         dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
     """Additive attention mask for (shifted) window attention on a ``height`` x ``width`` map.
 
     The map is padded at the bottom and right to a multiple of ``window`` and then rolled by
     ``-shift``; the mask is laid out like the windows of that rolled map. A key is hidden (-100)
-    from a query when it is padding or lies in a different window of the unrolled map.
+    from a query when it lies in a different cell of the unrolled map (the wrapped-around border
+    of a shifted block) or, with ``mask_padding``, when it is padding.
 
     Args:
         height: rows of the map before padding.
         width: columns of the map before padding.
         window: window side.
         shift: (rows, columns) roll of the shifted block, (0, 0) for a plain one.
+        mask_padding: also hide padded keys (densevit's option); False is the official Swin, whose
+            mask separates the shifted regions only.
         device: where to build the mask.
         dtype: its dtype (that of the attention logits).
 
@@ -83,12 +96,12 @@ def shifted_window_mask(height: int, width: int, window: int, shift: tuple[int, 
         (nW, window*window, window*window) mask, or None if nothing needs masking.
     """
     pad_h, pad_w = -height % window, -width % window
-    if not (pad_h or pad_w or any(shift)):
+    if not (any(shift) or (mask_padding and (pad_h or pad_w))):
         return None
     hp, wp = height + pad_h, width + pad_w
-    rows = _axis_groups(height, hp, window, shift[0], device)
-    cols = _axis_groups(width, wp, window, shift[1], device)
-    # one label per window of the unrolled map, -1 for padding: (Hp, Wp)
+    rows = _axis_groups(height, hp, window, shift[0], mask_padding, device)
+    cols = _axis_groups(width, wp, window, shift[1], mask_padding, device)
+    # one label per cell of the unrolled map, -1 for masked padding: (Hp, Wp)
     labels = rows[:, None] * (wp // window + 2) + cols[None, :]
     labels = torch.where((rows[:, None] < 0) | (cols[None, :] < 0), torch.full_like(labels, -1),
                          labels)
@@ -96,7 +109,7 @@ def shifted_window_mask(height: int, width: int, window: int, shift: tuple[int, 
     # (Hp, Wp) -> (1, Hp, Wp, 1) -> (nW, ws, ws, 1) -> (nW, ws*ws)
     windows = window_partition(labels[None, :, :, None], (window, window)).reshape(
         -1, window * window)
-    # padding has its own label, so real tokens never attend to it
+    # masked padding has its own label, so real tokens never attend to it
     hidden = windows[:, :, None] != windows[:, None, :]
     mask = torch.zeros(hidden.shape, device=device, dtype=dtype)
     return mask.masked_fill(hidden, _MASKED)
@@ -105,7 +118,7 @@ def shifted_window_mask(height: int, width: int, window: int, shift: tuple[int, 
 def _window_block(block: nn.Module, x: torch.Tensor, shift: tuple[int, int],
                   mask: torch.Tensor | None) -> torch.Tensor:
     """One timm ``SwinTransformerBlock`` (its norms, attention, mlp, drop paths) on (B, H, W, C),
-    with pad-then-roll windows and the ``shifted_window_mask`` of this map size."""
+    with pad-then-roll windows and the ``shifted_window_mask`` of this map size (``mask``)."""
     _, height, width, channels = x.shape
     window = block.window_size[0]
     pad_h, pad_w = -height % window, -width % window
@@ -127,14 +140,18 @@ def _window_block(block: nn.Module, x: torch.Tensor, shift: tuple[int, int],
 @MODELS.register_module()
 class Swin(Backbone):
     """Swin Transformer v1 (T/S/B/L) giving maps ``'s4'``, ``'s8'``, ``'s16'``, ``'s32'``
-    (patch size 4), each through its own LayerNorm, at any input size (ceil(H / stride) maps)."""
+    (patch size 4), each through its own LayerNorm, at any input size (ceil(H / stride) maps).
+
+    At sizes the window does not divide it computes what the official detection / segmentation
+    Swin computes (pad, then shift, padded tokens attended); ``mask_padding=True`` hides them.
+    """
 
     def __init__(self, *, arch: str = 'tiny', embed_dim: int | None = None,
                  depths: Sequence[int] | None = None, num_heads: Sequence[int] | None = None,
                  window_size: int = 7, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop_path_rate: float = 0.1, attn_drop_rate: float = 0.0,
                  proj_drop_rate: float = 0.0, patch_size: int = 4, in_chans: int = 3,
-                 out_indices: Sequence[int] = (0, 1, 2, 3)) -> None:
+                 out_indices: Sequence[int] = (0, 1, 2, 3), mask_padding: bool = False) -> None:
         """
         Args:
             arch: published size, one of ``SWIN_ARCHS`` ('tiny', 'small', 'base', 'large').
@@ -150,6 +167,10 @@ class Swin(Backbone):
             patch_size: side of the patch embedding (the stride of the first map).
             in_chans: image channels.
             out_indices: stages whose outputs are returned; later stages are not built.
+            mask_padding: a densevit deviation, off in every published config: hide the zero
+                padding of maps the window does not divide from attention, and do not shift along
+                an axis no longer than the window. Off, the blocks compute what the official Swin
+                for detection / segmentation computes, which its fine-tuned checkpoints need.
         """
         super().__init__()
         if arch not in SWIN_ARCHS:
@@ -177,6 +198,7 @@ class Swin(Backbone):
             drop_path_rate=drop_path_rate)
         self.patch_size = patch_size
         self.window_size = window_size
+        self.mask_padding = mask_padding
         self.depths = depths[:out_indices[-1] + 1]
         self.patch_embed = timm_swin.patch_embed
         self.layers = timm_swin.layers[:out_indices[-1] + 1]
@@ -204,11 +226,12 @@ class Swin(Backbone):
             masks: dict[tuple[int, int], torch.Tensor | None] = {}
             for block in stage.blocks:
                 shifted = any(block.shift_size)
-                shift = (_window_shift(h, self.window_size, shifted),
-                         _window_shift(w, self.window_size, shifted))
+                shift = (_window_shift(h, self.window_size, shifted, self.mask_padding),
+                         _window_shift(w, self.window_size, shifted, self.mask_padding))
                 if shift not in masks:
-                    masks[shift] = shifted_window_mask(h, w, self.window_size, shift, x.device,
-                                                        x.dtype)
+                    masks[shift] = shifted_window_mask(
+                        h, w, self.window_size, shift, mask_padding=self.mask_padding,
+                        device=x.device, dtype=x.dtype)
                 x = _window_block(block, x, shift, masks[shift])
             name = self._out_names.get(i)
             if name is not None:
@@ -235,3 +258,7 @@ class Swin(Backbone):
     def no_weight_decay(self) -> set[str]:
         return {name for name, _ in self.named_parameters()
                 if name.endswith('relative_position_bias_table')}
+
+    def checkpoint_optional_keys(self) -> set[str]:
+        """The per-level output norms: classification checkpoints have none."""
+        return {key for key in self.state_dict() if key.startswith('out_norms.')}

@@ -29,8 +29,7 @@ from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
 from torchvision.ops import box_convert
 
-from ...checkpoint.loading import load_state_dict
-from ...checkpoint.reading import read_state_dict
+from ...checkpoint.loading import load_backbone_checkpoint
 from ...registry import MODELS
 from ...structures import DataSample, InstanceData
 from .det_data_preprocessor import pad_masks, padding_mask
@@ -67,7 +66,9 @@ class Detector(BaseModel):
         test_cfg: ``max_per_img`` (detections kept per image, default 100) and
             ``mask_thr_binary`` (a *probability*: a pixel belongs to a mask where
             sigmoid(logit) > it, default 0.5, i.e. logit > 0).
-        backbone_checkpoint: path of a converted backbone state dict loaded at ``init_weights``.
+        backbone_checkpoint: path of a converted backbone state dict loaded at ``init_weights``,
+            completely or not at all (``load_backbone_checkpoint``: ``backbone.*`` / ``neck.*``
+            keys of whole-model converters go to the backbone / neck).
         init_cfg: mmengine init config.
     """
 
@@ -113,8 +114,7 @@ class Detector(BaseModel):
     def init_weights(self) -> None:
         super().init_weights()
         if self.backbone_checkpoint is not None:
-            logger.info('loading backbone_checkpoint %s', self.backbone_checkpoint)
-            load_state_dict(self.backbone, read_state_dict(self.backbone_checkpoint))
+            load_backbone_checkpoint(self.backbone_checkpoint, self.backbone, self.neck)
 
     # ---------------------------------------------------------------- features and targets
     def extract_feat(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:

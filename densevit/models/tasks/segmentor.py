@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModel
 from torch import nn
 
-from ...checkpoint.loading import load_state_dict
+from ...checkpoint.loading import load_backbone_checkpoint
 from ...registry import MODELS
 from ...structures import DataSample, PixelData
 
@@ -53,7 +53,9 @@ class Segmentor(BaseModel):
             stride=(341, 341), batch_size=4)``, plus optionally
             ``tta=dict(scales=(0.5, ..., 1.75), flip=True)`` (softmax probabilities averaged; then
             ``seg_logits`` holds the averaged probabilities).
-        backbone_checkpoint: path of a converted backbone state dict loaded at ``init_weights``.
+        backbone_checkpoint: path of a converted backbone state dict loaded at ``init_weights``,
+            completely or not at all (``load_backbone_checkpoint``: ``backbone.*`` / ``neck.*``
+            keys of whole-model converters go to the backbone / neck).
         init_cfg: mmengine init config.
     """
 
@@ -112,11 +114,7 @@ class Segmentor(BaseModel):
     def init_weights(self) -> None:
         super().init_weights()
         if self.backbone_checkpoint is not None:
-            state = torch.load(self.backbone_checkpoint, map_location='cpu', weights_only=True)
-            if isinstance(state, Mapping) and 'state_dict' in state:
-                state = state['state_dict']
-            logger.info('loading backbone_checkpoint %s', self.backbone_checkpoint)
-            load_state_dict(self.backbone, state)
+            load_backbone_checkpoint(self.backbone_checkpoint, self.backbone, self.neck)
 
     # ---------------------------------------------------------------- features and logits
     def extract_feat(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -129,9 +127,12 @@ class Segmentor(BaseModel):
 
     def slide_inference(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits (B, K, H, W) averaged over overlapping windows (``test_cfg`` crop and stride);
-        windows of all images are run ``batch_size`` at a time."""
+        windows of all images are run ``batch_size`` at a time. On a side shorter than the crop,
+        the windows are padded at the bottom / right to the crop size with 0 (the normalised
+        mean, as the training batches are), so the model always sees its training size."""
         b, _, h, w = inputs.shape
-        windows = slide_windows((h, w), self.test_cfg['crop_size'], self.test_cfg['stride'])
+        crop_h, crop_w = self.test_cfg['crop_size']
+        windows = slide_windows((h, w), (crop_h, crop_w), self.test_cfg['stride'])
         logits = inputs.new_zeros((b, self.num_classes, h, w))
         count = inputs.new_zeros((1, 1, h, w))
         for y1, y2, x1, x2 in windows:
@@ -142,7 +143,9 @@ class Segmentor(BaseModel):
         for start in range(0, len(jobs), step):
             chunk = jobs[start:start + step]
             crops = torch.stack([inputs[i, :, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in chunk])
-            out = self.encode_decode(crops)
+            ch, cw = crops.shape[-2:]
+            crops = F.pad(crops, (0, crop_w - cw, 0, crop_h - ch))
+            out = self.encode_decode(crops)[..., :ch, :cw]
             for (i, (y1, y2, x1, x2)), crop_logits in zip(chunk, out):
                 logits[i, :, y1:y2, x1:x2] += crop_logits
         return logits / count
