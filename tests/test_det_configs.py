@@ -182,6 +182,8 @@ def test_data_root_switches_every_path_and_fields_follow_the_recipe(path):
         assert types[3:] == ['RandomFlip', 'LargeScaleJitter', 'PackDetInputs']
         lsj = train.dataset.pipeline[4]
         assert tuple(lsj['scale']) == (1024, 1024) and tuple(lsj['ratio_range']) == (0.1, 2.0)
+        # LSJ does not pad; the training batch is padded to the square after normalisation
+        assert tuple(cfg.model.data_preprocessor.size) == (1024, 1024)
     resize = cfg.val_dataloader.dataset.pipeline[1]
     assert resize == dict(type='RandomChoiceResize', scales=[800], max_size=1333)
 
@@ -333,6 +335,7 @@ def test_one_training_step_on_the_stand_in(path, coco_root):
             step['transforms'] = [[dict(type='RandomChoiceResize', scales=[256], max_size=400)]]
         elif step['type'] == 'LargeScaleJitter':
             step.update(scale=(256, 256), ratio_range=(1.0, 1.0))
+            cfg.model.data_preprocessor.size = (256, 256)  # the square LSJ batches are padded to
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
     torch.manual_seed(0)
     np.random.seed(0)

@@ -151,14 +151,22 @@ def test_preprocessor_pads_masks_in_training_only_and_padding_mask_follows_img_s
         assert torch.equal(pad, expected)
 
 
-def test_padding_mask_of_an_lsj_image_padded_by_the_pipeline():
-    # LargeScaleJitter hands over a 64 x 64 image whose valid part is 40 x 50
+def test_lsj_image_padded_to_the_square_in_training_only():
+    # LargeScaleJitter hands over a 40 x 50 image (it does not pad); the preprocessor pads the
+    # training batch to the LSJ square after normalisation, with 0, and masks the border
     pre = MODELS.build(dict(type='DetDataPreprocessor', size=(64, 64)))
+    image = torch.full((3, 40, 50), 200, dtype=torch.uint8)
     sample = DataSample(metainfo=dict(img_shape=(40, 50), ori_shape=(80, 100)))
-    out = pre(dict(inputs=[torch.zeros(3, 64, 64, dtype=torch.uint8)], data_samples=[sample]))
+    out = pre(dict(inputs=[image], data_samples=[sample]), True)
     assert out['inputs'].shape == (1, 3, 64, 64)
+    assert (out['inputs'][0, :, 40:] == 0).all() and (out['inputs'][0, :, :, 50:] == 0).all()
+    assert (out['inputs'][0, :, :40, :50] != 0).all()
     pad = padding_mask(out['data_samples'], (64, 64))
     assert not pad[0, :40, :50].any() and pad[0, 40:].all() and pad[0, :, 50:].all()
+    # at test time only the batch's own size counts (the test pipeline sets the size)
+    sample = DataSample(metainfo=dict(img_shape=(40, 50), ori_shape=(80, 100)))
+    assert pre(dict(inputs=[image], data_samples=[sample]), False)['inputs'].shape == (
+        1, 3, 40, 50)
     assert padding_mask(None, (8, 8), batch_size=2).shape == (2, 8, 8)
 
 

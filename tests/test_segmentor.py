@@ -118,6 +118,29 @@ def test_preprocessor_normalises_pads_and_pads_gt_only_in_training():
             assert gt.shape == (1, 5, 6)
 
 
+def test_preprocessor_pads_to_size_in_training_only_with_0_and_255():
+    """Padding happens once, after normalisation: the image border is 0 in normalised units
+    (not the normalised value of a black pixel), the label border 255; ``size`` is the training
+    crop, so a test image keeps its own size."""
+    pre = MODELS.build(dict(type='SegDataPreprocessor', size=(16, 16)))
+    img = torch.full((3, 10, 12), 30, dtype=torch.uint8)
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+    sample = _sample((10, 12))
+    sample.gt_sem_seg = PixelData(data=torch.full((1, 10, 12), 4, dtype=torch.long))
+    out = pre(dict(inputs=[img], data_samples=[sample]), True)
+    x, gt = out['inputs'][0], out['data_samples'][0].gt_sem_seg.data
+    assert x.shape == (3, 16, 16) and gt.shape == (1, 16, 16)
+    torch.testing.assert_close(x[:, :10, :12], ((30 - mean) / std).expand(3, 10, 12))
+    assert (x[:, 10:] == 0).all() and (x[:, :, 12:] == 0).all()
+    assert (gt[:, :10, :12] == 4).all()
+    assert (gt[:, 10:] == 255).all() and (gt[:, :, 12:] == 255).all()
+    assert out['data_samples'][0].img_shape == (10, 12)
+    assert out['data_samples'][0].pad_shape == (16, 16)
+    test = pre(dict(inputs=[img], data_samples=[_sample((10, 12))]), False)
+    assert test['inputs'].shape == (1, 3, 10, 12)
+
+
 def test_preprocessor_bgr_swap_and_errors():
     pre = MODELS.build(dict(type='SegDataPreprocessor', mean=(0, 0, 0), std=(1, 1, 1),
                             bgr_to_rgb=True))
@@ -174,6 +197,19 @@ def test_slide_inference_averages_overlaps_by_hand(batch_size):
                 assert logits[b, 1, i, j].item() == pytest.approx(row)
                 assert logits[b, 2, i, j].item() == pytest.approx(x[b, 0, i, j].item(), abs=1e-6)
     assert set(model.decode_head.seen) == {(3, 4)}
+
+
+def test_slide_windows_smaller_than_the_crop_are_padded():
+    """An image shorter than the crop: the model sees the crop size (padded with 0 at the
+    bottom / right), and the logits of the image's own pixels come back."""
+    model = _toy_segmentor('position', mode='slide', crop_size=(6, 8), stride=(4, 4))
+    x = torch.randn(2, 3, 4, 11)
+    logits = model.slide_inference(x)
+    assert set(model.decode_head.seen) == {(6, 8)}
+    assert logits.shape == (2, 3, 4, 11)
+    # windows (0, 4, 0, 8) and (0, 4, 3, 11): rows are the window's own rows
+    torch.testing.assert_close(logits[:, 1], torch.arange(4.).view(1, 4, 1).expand(2, 4, 11))
+    torch.testing.assert_close(logits[:, 2], x[:, 0])
 
 
 def test_slide_equals_whole_when_one_window_covers_the_image():

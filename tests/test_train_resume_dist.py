@@ -1,5 +1,6 @@
 """End to end through the real mmengine Runner: training, evaluation, resume under torch >= 2.6
-(weights_only loading) and a 2-process torchrun run on CPU (gloo)."""
+(weights_only loading), a 2-process torchrun run on CPU (gloo), and the published UperNet recipe
+(SyncBN) giving on 2 processes the weights 1 process gives for the same total batch."""
 import json
 import os.path as osp
 import subprocess
@@ -28,6 +29,7 @@ def _tiny_options(data_root: str, work_dir: str, epochs: int) -> dict:
         'work_dir': work_dir,
         'model.backbone.depth': 2,
         'model.backbone.pretrain_img_size': 64,
+        'model.data_preprocessor.size': (64, 64),  # the training size of this pipeline
         'train_dataloader.batch_size': 4,
         'train_dataloader.num_workers': 0,
         'train_dataloader.persistent_workers': False,
@@ -140,3 +142,59 @@ def test_dist_train_and_test_two_cpu_processes(ade20k_root, tmp_path):
     single = test_main([CONFIG, str(ckpt), '--work-dir', str(tmp_path / 't1'), *test_args])
     two = json.loads((tmp_path / 'two.json').read_text())
     assert two == pytest.approx({k: float(v) for k, v in single.items()}, abs=1e-9)
+
+
+_SYNCBN_CONFIG = """
+_base_ = {base!r}
+# A tiny Swin UperNet with the published heads (SyncBN, cross-entropy over all pixels): no
+# dropout, drop path or random augmentation, so two processes with half the batch each must
+# follow one process with the whole batch.
+model = dict(
+    data_preprocessor=dict(size=(64, 64)),
+    backbone=dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=4,
+                  drop_path_rate=0.0),
+    decode_head=dict(channels=16, dropout_ratio=0.0),
+    auxiliary_head=dict(channels=16, dropout_ratio=0.0),
+    backbone_checkpoint=None)
+_pipeline = [dict(type='LoadImageFromFile'),
+             dict(type='LoadAnnotations', with_bbox=False, with_seg=True),
+             dict(type='Resize', scale=(64, 48), keep_ratio=False),
+             dict(type='PackSegInputs')]
+train_dataloader = dict(batch_size={batch}, num_workers=0, persistent_workers=False,
+                        sampler=dict(type='DefaultSampler', shuffle=False),
+                        dataset=dict(pipeline=_pipeline))
+val_dataloader = dict(num_workers=0, persistent_workers=False)
+test_dataloader = val_dataloader
+# plain SGD: the updates are linear in the gradients, so float rounding stays at rounding size
+optim_wrapper = dict(_delete_=True, type='OptimWrapper',
+                     optimizer=dict(type='SGD', lr=0.05, momentum=0.9))
+param_scheduler = []
+train_cfg = dict(max_iters=3, val_interval=1000)
+default_hooks = dict(checkpoint=dict(interval=3), logger=dict(interval=1))
+"""
+
+
+@pytest.mark.slow
+def test_syncbn_two_processes_train_the_weights_of_one(ade20k_root, tmp_path):
+    """The Swin-T UperNet config's heads use SyncBN: 2 gloo processes x 2 images reach, after 3
+    SGD steps, the weights (BatchNorm running statistics included) of 1 process x 4 images."""
+    base = osp.join(ROOT, 'configs/upernet/upernet_swin-t_ade20k-512x512-160k.py')
+    for name, batch in (('one', 4), ('two', 2)):
+        (tmp_path / f'{name}.py').write_text(_SYNCBN_CONFIG.format(base=base, batch=batch))
+    one = build_runner(load_config(str(tmp_path / 'one.py'),
+                                   {'data_root': ade20k_root, 'work_dir': str(tmp_path / 'one')}))
+    one.train()
+    assert one.iter == 3
+    log = _run_tool('dist_train.sh', str(tmp_path / 'two.py'), '2', '--work-dir',
+                    str(tmp_path / 'two'), '--cfg-options', f'data_root={ade20k_root}',
+                    port=29619)
+    assert 'Distributed training: True' in log, log[-2000:]
+    enable_safe_resume()
+    a = torch.load(tmp_path / 'one' / 'iter_3.pth', map_location='cpu',
+                   weights_only=True)['state_dict']
+    b = torch.load(tmp_path / 'two' / 'iter_3.pth', map_location='cpu',
+                   weights_only=True)['state_dict']
+    assert a.keys() == b.keys()
+    assert any('running_var' in k for k in a)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)

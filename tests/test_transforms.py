@@ -3,15 +3,20 @@
 Images are painted so that their color encodes the label (segmentation) or the instance index
 (detection); after every transform the color under each label / mask pixel must still say the
 same thing, and each box must be the tight box of its mask (or, without masks, of its painted
-rectangle). Geometry is checked against hand-computed values.
+rectangle). Geometry is checked against hand-computed values; label maps against their own
+values (nearest interpolation); resampling against PIL, saturation against colorsys.
 """
+import colorsys
+
 import numpy as np
 import pytest
 import torch
 
 from densevit.datasets.transforms import (LargeScaleJitter, LoadAnnotations, PackDetInputs,
                                           PackSegInputs, Pad, PhotoMetricDistortion,
-                                          RandomCrop, RandomFlip, RandomResize, Resize)
+                                          RandomChoiceResize, RandomCrop, RandomFlip,
+                                          RandomResize, RandomSizeCrop, Resize,
+                                          adjust_saturation, shift_hue)
 from densevit.registry import TRANSFORMS
 
 # Distinct, saturated colors; index k paints label / instance k.
@@ -141,6 +146,40 @@ def test_boxes_follow_masks(name):
     assert kept > 0
 
 
+def _fine_label_map(h=61, w=83):
+    """Labels 3, 40 and 255 in 3-pixel checks: any interpolation that mixes neighbours (bilinear,
+    area, cubic) creates values between them."""
+    rows, cols = np.indices((h, w)) // 3
+    seg = np.where((rows + cols) % 2 == 0, 3, 40).astype(np.uint8)
+    seg[(rows % 4 == 1) & (cols % 5 == 2)] = 255
+    return seg
+
+
+LABEL_TRANSFORMS = dict(GEOMETRIC, **{
+    'Resize-keep-ratio': lambda: Resize(scale=(47, 35), keep_ratio=True),
+    'Resize-up': lambda: Resize(scale=(131, 97), keep_ratio=False),
+    'RandomChoiceResize': lambda: RandomChoiceResize(scales=[37, 71, 97], max_size=150),
+    'RandomSizeCrop': lambda: RandomSizeCrop(min_size=20, max_size=50),
+})
+
+
+@pytest.mark.parametrize('name', sorted(LABEL_TRANSFORMS))
+def test_label_maps_gain_no_values(name):
+    """Nearest interpolation everywhere: a transformed label map holds only values of the input
+    (a bilinear label map would not: see the control at the end)."""
+    seg = _fine_label_map()
+    img = np.full(seg.shape + (3,), 77, np.uint8)
+    for seed in range(6):
+        np.random.seed(seed)
+        out = LABEL_TRANSFORMS[name]()(dict(img=img.copy(), gt_seg_map=seg.copy(),
+                                            img_shape=seg.shape, scale_factor=(1.0, 1.0)))
+        values = set(np.unique(out['gt_seg_map']).tolist())
+        assert values <= {3, 40, 255}, f'{name} made label values {values - {3, 40, 255}}'
+    import cv2
+    bilinear = cv2.resize(seg, (47, 35), interpolation=cv2.INTER_LINEAR)
+    assert set(np.unique(bilinear).tolist()) - {3, 40, 255}  # the control fails the check
+
+
 def test_chain_of_transforms_keeps_everything_consistent():
     chain = [RandomFlip(prob=0.5), RandomResize(scale=(80, 60), ratio_range=(0.5, 2.0)),
              RandomCrop(crop_size=(48, 48)), LargeScaleJitter(scale=(64, 64)), Pad(size=(70, 70))]
@@ -175,17 +214,27 @@ def test_boxes_without_masks_follow_the_painted_rectangles(name):
             np.testing.assert_allclose(box, _tight(painted), atol=1.5)
 
 
-def test_random_crop_pads_small_images():
+def test_random_crop_does_not_pad_small_images():
+    """A side shorter than the crop is kept whole and nothing is padded (the data preprocessor
+    pads after normalisation); a longer side is cropped to the crop size."""
+    for seed in range(5):
+        np.random.seed(seed)
+        results = _seg_results(np.random.default_rng(seed), h=20, w=70)
+        img, seg = results['img'].copy(), results['gt_seg_map'].copy()
+        out = RandomCrop(crop_size=(64, 48), cat_max_ratio=1.0)(results)
+        assert out['img'].shape == (20, 48, 3) and out['gt_seg_map'].shape == (20, 48)
+        assert out['img_shape'] == out['pad_shape'] == (20, 48)
+        # the window is a slice of the input at some x0 in 0..22
+        starts = [x0 for x0 in range(70 - 48 + 1)
+                  if np.array_equal(out['img'], img[:, x0:x0 + 48])
+                  and np.array_equal(out['gt_seg_map'], seg[:, x0:x0 + 48])]
+        assert starts
     np.random.seed(0)
-    results = _seg_results(np.random.default_rng(0), h=20, w=30)
-    img, seg = results['img'].copy(), results['gt_seg_map'].copy()
-    out = RandomCrop(crop_size=(64, 48))(results)
-    assert out['img'].shape == (64, 48, 3) and out['gt_seg_map'].shape == (64, 48)
-    np.testing.assert_array_equal(out['img'][:20, :30], img)
-    np.testing.assert_array_equal(out['gt_seg_map'][:20, :30], seg)
-    assert (out['gt_seg_map'][20:] == 255).all() and (out['gt_seg_map'][:, 30:] == 255).all()
-    assert (out['img'][20:] == 0).all()
-    assert out['img_shape'] == (20, 30)
+    small = _seg_results(np.random.default_rng(0), h=20, w=30)
+    img = small['img'].copy()
+    out = RandomCrop(crop_size=(64, 48))(small)
+    np.testing.assert_array_equal(out['img'], img)
+    assert out['img_shape'] == out['pad_shape'] == (20, 30)
 
 
 def _two_class_map():
@@ -256,14 +305,87 @@ def test_random_resize_ratio_range():
 
 
 def test_large_scale_jitter_output_size_and_scale():
+    """At most ``scale``, never padded (the data preprocessor pads to the square)."""
+    sizes = set()
     for seed in range(10):
         np.random.seed(seed)
         out = LargeScaleJitter(scale=(64, 64), ratio_range=(0.1, 2.0))(
             _det_results(np.random.default_rng(seed)))
-        assert out['img'].shape == (64, 64, 3) and out['gt_masks'].shape[1:] == (64, 64)
-        assert out['pad_shape'] == (64, 64)
-        ih, iw = out['img_shape']
-        assert (out['img'][ih:] == 0).all() and (out['img'][:, iw:] == 0).all()
+        h, w = out['img'].shape[:2]
+        assert h <= 64 and w <= 64 and out['gt_masks'].shape[1:] == (h, w)
+        assert out['img_shape'] == out['pad_shape'] == (h, w)
+        assert not (out['img'] == 0).all(-1).any()  # no black padding
+        sizes.add((h, w))
+    assert (64, 64) in sizes and any(h < 64 for h, _ in sizes)  # both crops and small images
+
+
+class _Draws:
+    """Stands in for ``np.random.uniform``: returns the given values in order."""
+
+    def __init__(self, *values: float) -> None:
+        self.values = list(values)
+
+    def __call__(self, low=0.0, high=1.0, size=None):
+        value = self.values.pop(0)
+        assert low <= value <= high
+        return value
+
+
+def _boxes_results(h=60, w=80):
+    boxes = np.array([[10, 20, 50, 40], [5, 5, 15, 15], [70, 50, 78, 58]], np.float32)
+    seg = np.zeros((h, w), np.uint8)
+    seg[20:40, 10:50] = 7
+    return dict(img=np.full((h, w, 3), 90, np.uint8), gt_seg_map=seg, ori_shape=(h, w),
+                img_shape=(h, w), scale_factor=(1.0, 1.0), gt_bboxes=boxes,
+                gt_bboxes_labels=np.arange(3), gt_ignore_flags=np.zeros(3, bool))
+
+
+def test_large_scale_jitter_geometry_by_hand(monkeypatch):
+    """detectron2's ResizeScale + FixedSizeCrop(pad=False), computed by hand on a 60x80 image at
+    scale 64: ratio r resizes by min(64 r / 60, 64 r / 80); one draw u places the crop at
+    round(u * (h - 64)), round(u * (w - 64))."""
+    t = LargeScaleJitter(scale=(64, 64), ratio_range=(0.1, 2.0))
+    # r = 0.5: factor min(0.533, 0.4) = 0.4 -> 24 x 32, no crop
+    monkeypatch.setattr(np.random, 'uniform', _Draws(0.5, 0.7))
+    out = t(_boxes_results())
+    assert out['img'].shape[:2] == (24, 32) and out['img_shape'] == (24, 32)
+    assert out['scale_factor'] == pytest.approx((0.4, 0.4))
+    np.testing.assert_allclose(out['gt_bboxes'],
+                               [[4, 8, 20, 16], [2, 2, 6, 6], [28, 20, 31.2, 23.2]], atol=1e-4)
+    # r = 2: factor min(2.133, 1.6) = 1.6 -> 96 x 128; u = 0.25 -> y0 = 8, x0 = 16
+    monkeypatch.setattr(np.random, 'uniform', _Draws(2.0, 0.25))
+    out = t(_boxes_results())
+    assert out['img'].shape[:2] == (64, 64) and out['img_shape'] == (64, 64)
+    # [10, 20, 50, 40] * 1.6 = [16, 32, 80, 64] - (16, 8) = [0, 24, 64, 56]
+    # [5, 5, 15, 15] * 1.6 = [8, 8, 24, 24] - (16, 8) = [-8, 0, 8, 16] -> clipped [0, 0, 8, 16]
+    # [70, 50, 78, 58] * 1.6 - (16, 8) = [96, 72, ...]: outside the window, dropped
+    np.testing.assert_allclose(out['gt_bboxes'], [[0, 24, 64, 56], [0, 0, 8, 16]], atol=1e-4)
+    assert out['gt_bboxes_labels'].tolist() == [0, 1]
+    seg = out['gt_seg_map']  # label 7 filled rows 32..64, cols 16..80 of the resized map
+    assert (seg[24:56] == 7).all() and (seg[:24] == 0).all() and (seg[56:] == 0).all()
+
+
+def test_large_scale_jitter_resizes_images_as_pil(monkeypatch):
+    """The image is resized with PIL's bilinear filter (detectron2's ResizeTransform), which
+    antialiases a downscale: stripes of period 3 shrunk 3x keep their mean, where OpenCV's
+    bilinear samples one phase of them."""
+    import cv2
+    from PIL import Image
+    img = np.random.default_rng(0).integers(0, 256, (60, 80, 3)).astype(np.uint8)
+    monkeypatch.setattr(np.random, 'uniform', _Draws(0.5, 0.0))
+    out = LargeScaleJitter(scale=(64, 64))(dict(img=img.copy(), img_shape=(60, 80)))
+    expected = np.asarray(Image.fromarray(img).resize((32, 24), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(out['img'], expected)
+
+    stripes = np.zeros((60, 60, 3), np.uint8)
+    stripes[:, 2::3] = 255  # columns 0, 0, 255, ... mean 85
+    monkeypatch.setattr(np.random, 'uniform', _Draws(1 / 3, 0.0))
+    out = LargeScaleJitter(scale=(60, 60))(dict(img=stripes.copy(), img_shape=(60, 60)))
+    assert out['img'].shape[:2] == (20, 20)
+    assert abs(out['img'][2:-2, 2:-2].astype(float).mean() - 85) < 3
+    assert out['img'][2:-2, 2:-2].std() < 3
+    aliased = cv2.resize(stripes, (20, 20), interpolation=cv2.INTER_LINEAR)
+    assert abs(aliased.astype(float).mean() - 85) > 40  # the reference the test rules out
 
 
 def test_pad_size_and_divisor():
@@ -278,6 +400,44 @@ def test_pad_size_and_divisor():
         Pad(size=32, size_divisor=32)
 
 
+def _hsv_saturation_reference(img, factor):
+    """RGB -> HSV -> S * factor (clipped to 1) -> RGB with Python's colorsys, pixel by pixel."""
+    out = np.empty(img.shape, float)
+    for index in np.ndindex(img.shape[:2]):
+        h, s, v = colorsys.rgb_to_hsv(*(img[index] / 255.0))
+        out[index] = np.array(colorsys.hsv_to_rgb(h, min(s * factor, 1.0), v)) * 255
+    return out
+
+
+@pytest.mark.parametrize('factor', [0.5, 0.8, 1.5])
+def test_saturation_scales_hsv_s_channel(factor):
+    """mmseg's saturation step multiplies HSV's S; checked against colorsys (OpenCV's 8-bit HSV
+    quantises hue to 2 degrees, hence a few levels of tolerance), and far from torchvision's
+    definition (a blend with the grayscale image)."""
+    img = np.random.default_rng(1).integers(0, 256, (10, 12, 3)).astype(np.uint8)
+    img[0, :4] = [[200, 100, 50], [20, 220, 90], [128, 128, 128], [255, 0, 0]]
+    out = adjust_saturation(img, factor).astype(float)
+    reference = _hsv_saturation_reference(img, factor)
+    assert np.abs(out - reference).max() <= 5 and np.abs(out - reference).mean() < 1
+    gray = img.astype(float) @ np.array([0.299, 0.587, 0.114])
+    blend = np.clip(img * factor + gray[..., None] * (1 - factor), 0, 255)
+    assert np.abs(blend - reference).max() > 30  # a blend would not pass the check above
+
+    t = PhotoMetricDistortion(brightness_delta=0, contrast_range=(1.0, 1.0),
+                              saturation_range=(factor, factor), hue_delta=0)
+    saturated = 0
+    for seed in range(12):
+        np.random.seed(seed)
+        got = t(dict(img=img.copy()))['img']
+        # hue_delta 0 still round-trips through HSV when the hue step is drawn
+        candidates = [img, shift_hue(img, 0)]
+        candidates += [adjust_saturation(img, factor), shift_hue(adjust_saturation(img, factor), 0)]
+        match = [k for k, c in enumerate(candidates) if np.array_equal(got, c)]
+        assert match, 'saturation must be the HSV scaling'
+        saturated += min(match) >= 2
+    assert 0 < saturated < 12  # applied with probability 1/2
+
+
 def test_photometric_distortion_brightness_only_adds_a_constant():
     t = PhotoMetricDistortion(brightness_delta=32, contrast_range=(1.0, 1.0),
                               saturation_range=(1.0, 1.0), hue_delta=0)
@@ -285,7 +445,9 @@ def test_photometric_distortion_brightness_only_adds_a_constant():
     deltas = set()
     for seed in range(20):
         np.random.seed(seed)
-        out = t(dict(img=img.copy()))['img']
+        # the step itself: saturation and hue round-trip through 8-bit HSV even at factor 1 /
+        # shift 0, as mmseg's do
+        out = t._brightness(img.copy())
         diff = out.astype(int) - img.astype(int)
         assert out.dtype == np.uint8 and out.shape == img.shape
         assert diff.max() - diff.min() <= 1, 'brightness must shift every pixel by the same amount'

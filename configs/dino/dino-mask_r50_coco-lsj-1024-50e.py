@@ -15,7 +15,9 @@
 # Deviations: the DINO head uses learned content queries and no mask-enhanced box
 # initialisation (Mask DINO takes both from the encoder's selected proposals), scores
 # detections by class only, and reads the s4 map through the ChannelMapper's projection; expect
-# a gap to 46.3 / 51.7.
+# a gap to 46.3 / 51.7. Padding: Mask DINO's FixedSizeCrop pads each raw crop to 1024 with 128
+# (so the model sees the border as image); here the batch is padded to 1024 after normalisation
+# with 0 and the border is masked as padding (DetDataPreprocessor size=(1024, 1024)).
 # Backbone weights (torchvision's IMAGENET1K_V1, as detectron2's ImageNetPretrained/torchvision/
 # R-50.pkl, which the resnet converter reads too; loaded when training starts):
 #   python tools/convert_checkpoint.py resnet resnet50-0676ba61.pth \
@@ -28,7 +30,7 @@ _base_ = [
     '../_base_/schedules/maskdino_adamw_368k.py',
 ]
 model = dict(
-    data_preprocessor=dict(size_divisor=32),
+    data_preprocessor=dict(size=(1024, 1024), size_divisor=32),  # size: training batches only
     backbone=dict(out_indices=(1, 2, 3, 4), frozen_modules=()),  # FREEZE_AT 0
     neck=dict(in_features=('s4', 's8', 's16', 's32')),
     head=dict(

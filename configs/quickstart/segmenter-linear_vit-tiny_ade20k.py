@@ -9,7 +9,8 @@ _base_ = [
 ]
 model = dict(
     type='Segmentor',
-    data_preprocessor=dict(type='SegDataPreprocessor', size_divisor=8),
+    # training crops (at most 128x128; RandomCrop does not pad) padded to 128 after normalisation
+    data_preprocessor=dict(type='SegDataPreprocessor', size=(128, 128), size_divisor=8),
     backbone=dict(type='ViT', arch='tiny', depth=6, patch_size=8, pretrain_img_size=128,
                   window_size=0, global_attn_indexes=(), use_rel_pos=False, drop_path_rate=0.0),
     decode_head=dict(type='SegmenterLinearHead', in_features=('s8',), num_classes=150),

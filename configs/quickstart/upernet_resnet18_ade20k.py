@@ -16,7 +16,8 @@ _base_ = [
 ]
 model = dict(
     type='Segmentor',
-    data_preprocessor=dict(type='SegDataPreprocessor', size_divisor=32),
+    # training crops (at most 128x128; RandomCrop does not pad) padded to 128 after normalisation
+    data_preprocessor=dict(type='SegDataPreprocessor', size=(128, 128), size_divisor=32),
     backbone=dict(type='TimmBackbone', model_name='resnet18'),
     decode_head=dict(type='UPerHead', in_features=('s4', 's8', 's16', 's32'), channels=64,
                      num_classes=150),

@@ -22,6 +22,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 from densevit.registry import TRANSFORMS
@@ -30,7 +31,7 @@ from densevit.structures import DataSample, InstanceData, PixelData
 __all__ = ['build_pipeline', 'LoadImageFromFile', 'LoadAnnotations', 'Resize', 'RandomResize',
            'RandomCrop', 'RandomFlip', 'PhotoMetricDistortion', 'LargeScaleJitter', 'Pad',
            'PackSegInputs', 'PackDetInputs', 'ClipBoxes', 'RandomChoiceResize', 'RandomSizeCrop',
-           'RandomChoice']
+           'RandomChoice', 'adjust_saturation', 'shift_hue', 'pil_resize']
 
 _BBOX_PARAMS = dict(format='pascal_voc', label_fields=['bbox_ids'], clip=True)
 
@@ -147,12 +148,24 @@ def _pad_bottom_right(results: dict, height: int, width: int, pad_val: float,
     return results
 
 
-def _resize_to(results: dict, new_h: int, new_w: int) -> dict:
-    """Resize everything to (new_h, new_w): bilinear image, nearest label maps and masks."""
+def pil_resize(img: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+    """(H, W, C) uint8 -> (new_h, new_w, C) with PIL's bilinear filter, as detectron2's
+    ``ResizeTransform`` resizes uint8 images. PIL widens the filter by the reduction factor when
+    shrinking, so a downscale is antialiased; OpenCV's INTER_LINEAR samples 2x2 pixels and aliases.
+    """
+    return np.asarray(Image.fromarray(img).resize((new_w, new_h), Image.Resampling.BILINEAR))
+
+
+def _resize_to(results: dict, new_h: int, new_w: int, *, pil_image: bool = False) -> dict:
+    """Resize everything to (new_h, new_w): bilinear image (OpenCV, or PIL's antialiased filter
+    with ``pil_image``), nearest label maps and masks (so they gain no new values)."""
     h, w = results['img'].shape[:2]
     if (new_h, new_w) != (h, w):
+        original = results['img']
         _apply_geometric(results, [A.Resize(new_h, new_w, interpolation=cv2.INTER_LINEAR,
                                             mask_interpolation=cv2.INTER_NEAREST_EXACT)])
+        if pil_image:
+            results['img'] = pil_resize(original, new_h, new_w)
     sw, sh = results.get('scale_factor', (1.0, 1.0))
     results['scale_factor'] = (sw * new_w / w, sh * new_h / h)
     results['img_shape'] = (new_h, new_w)
@@ -360,16 +373,18 @@ class RandomResize:
 
 @TRANSFORMS.register_module()
 class RandomCrop:
-    """Crop a random ``crop_size`` (h, w) window. An image smaller than the crop is first padded
-    at the bottom/right (image 0, label map ``ignore_index``, masks 0), so the output is always
-    ``crop_size``. With a label map and ``cat_max_ratio < 1``, up to 10 windows are tried and the
-    first in which no single class covers ``cat_max_ratio`` or more of the labeled pixels is kept
-    (if none qualifies, the window with the smallest largest-class share).
+    """Crop a random window of ``crop_size`` (h, w), or of the whole side where the image is
+    shorter: nothing is padded here, so the output is at most ``crop_size`` (mmseg 1.x's
+    RandomCrop). The data preprocessor pads the batch to the crop size after normalisation
+    (image 0, labels the ignore index), so photometric transforms never see padding. With a label
+    map and ``cat_max_ratio < 1``, up to 10 windows are checked and the first with more than one
+    labeled class, none of them covering ``cat_max_ratio`` or more of the labeled pixels, is kept;
+    if none qualifies, an 11th window is drawn and kept (mmseg's loop, exactly).
 
     Args:
         crop_size: (h, w) of the crop, or one int.
         cat_max_ratio: Largest share of the labeled pixels one class may cover.
-        ignore_index: Label ignored when counting (and the pad value of label maps).
+        ignore_index: Label ignored when counting.
     """
 
     max_tries = 10
@@ -383,7 +398,8 @@ class RandomCrop:
 
     def _window(self, h: int, w: int) -> tuple[int, int]:
         ch, cw = self.crop_size
-        return int(np.random.randint(0, h - ch + 1)), int(np.random.randint(0, w - cw + 1))
+        return (int(np.random.randint(0, max(h - ch, 0) + 1)),
+                int(np.random.randint(0, max(w - cw, 0) + 1)))
 
     def _largest_share(self, seg: np.ndarray) -> float:
         _, counts = np.unique(seg[seg != self.ignore_index], return_counts=True)
@@ -392,21 +408,18 @@ class RandomCrop:
         return float(counts.max() / counts.sum())
 
     def __call__(self, results: dict) -> dict:
-        ch, cw = self.crop_size
         h, w = results['img'].shape[:2]
         valid_h, valid_w = results.get('img_shape', (h, w))
-        _pad_bottom_right(results, max(h, ch), max(w, cw), 0, self.ignore_index)
-        h, w = results['img'].shape[:2]
+        ch, cw = min(self.crop_size[0], h), min(self.crop_size[1], w)
         y0, x0 = self._window(h, w)
         seg = results.get('gt_seg_map')
         if seg is not None and self.cat_max_ratio < 1.0:
-            best = (self._largest_share(seg[y0:y0 + ch, x0:x0 + cw]), y0, x0)
-            for _ in range(self.max_tries - 1):
-                if best[0] < self.cat_max_ratio:
+            # mmseg's loop: check up to max_tries windows; after the last failed check the next
+            # window is drawn and kept unchecked
+            for _ in range(self.max_tries):
+                if self._largest_share(seg[y0:y0 + ch, x0:x0 + cw]) < self.cat_max_ratio:
                     break
                 y0, x0 = self._window(h, w)
-                best = min(best, (self._largest_share(seg[y0:y0 + ch, x0:x0 + cw]), y0, x0))
-            _, y0, x0 = best
         if (h, w) != (ch, cw):
             _apply_geometric(results, [A.Crop(x_min=x0, y_min=y0, x_max=x0 + cw, y_max=y0 + ch)])
         results['img_shape'] = (max(0, min(valid_h - y0, ch)), max(0, min(valid_w - x0, cw)))
@@ -452,41 +465,43 @@ class RandomFlip:
 
 @TRANSFORMS.register_module()
 class LargeScaleJitter:
-    """Large-scale jitter as in ViTDet: resize so the image fits ``ratio * scale`` keeping its
-    aspect ratio (ratio uniform in ``ratio_range``), crop a random ``scale`` window when larger,
-    then pad to ``scale``. Boxes are clipped; instances whose box or mask vanishes are dropped.
+    """Large-scale jitter as ViTDet trains with it (detectron2's ``ResizeScale`` then
+    ``FixedSizeCrop(pad=False)``): draw ``ratio`` uniform in ``ratio_range``, resize keeping the
+    aspect ratio by ``min(ratio * scale_h / h, ratio * scale_w / w)`` (sizes rounded half to even,
+    as ``np.round``; the image with PIL's antialiased bilinear filter, label maps and masks
+    nearest), then crop a window of at most ``scale``: one ``u`` uniform in [0, 1) places it at
+    ``round(u * (h - scale_h), u * (w - scale_w))`` (clipped at 0). Nothing is padded: the data
+    preprocessor pads the batch to ``scale`` after normalisation (``size=scale``). Boxes are
+    scaled and clipped; instances whose box or mask vanishes are dropped.
 
     Args:
         scale: Target (h, w), or one int.
         ratio_range: (min, max) of the random scale ratio.
-        pad_val: Image pad value.
-        seg_pad_val: Label-map pad value.
     """
 
-    def __init__(self, *, scale=(1024, 1024), ratio_range: tuple[float, float] = (0.1, 2.0),
-                 pad_val: float = 0, seg_pad_val: int = 255) -> None:
+    def __init__(self, *, scale=(1024, 1024), ratio_range: tuple[float, float] = (0.1, 2.0)
+                 ) -> None:
         self.scale = _pair(scale, 'LargeScaleJitter scale')
         if not 0 < ratio_range[0] <= ratio_range[1]:
             raise ValueError(f'LargeScaleJitter ratio_range must be 0 < min <= max, '
                              f'got {ratio_range}')
         self.ratio_range = tuple(ratio_range)
-        self.pad_val = pad_val
-        self.seg_pad_val = seg_pad_val
 
     def __call__(self, results: dict) -> dict:
         th, tw = self.scale
         ratio = np.random.uniform(*self.ratio_range)
         h, w = results['img'].shape[:2]
         factor = min(ratio * th / h, ratio * tw / w)
-        _resize_to(results, max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5)))
-        h, w = results['img'].shape[:2]
-        if h > th or w > tw:
-            y0 = int(np.random.randint(0, max(h - th, 0) + 1))
-            x0 = int(np.random.randint(0, max(w - tw, 0) + 1))
-            _apply_geometric(results, [A.Crop(x_min=x0, y_min=y0, x_max=min(x0 + tw, w),
-                                              y_max=min(y0 + th, h))])
-        results['img_shape'] = results['img'].shape[:2]
-        _pad_bottom_right(results, th, tw, self.pad_val, self.seg_pad_val)
+        new_h, new_w = (max(1, int(v)) for v in np.round(np.multiply((h, w), factor)))
+        _resize_to(results, new_h, new_w, pil_image=True)
+        u = np.random.uniform(0.0, 1.0)  # one draw for both offsets, as FixedSizeCrop
+        y0, x0 = (int(v) for v in np.round(np.multiply((max(new_h - th, 0),
+                                                         max(new_w - tw, 0)), u)))
+        ch, cw = min(th, new_h), min(tw, new_w)
+        if (ch, cw) != (new_h, new_w):
+            _apply_geometric(results, [A.Crop(x_min=x0, y_min=y0, x_max=x0 + cw, y_max=y0 + ch)])
+        results['img_shape'] = (ch, cw)
+        results['pad_shape'] = (ch, cw)
         return results
 
     def __repr__(self) -> str:
@@ -722,12 +737,48 @@ class Pad:
 
 # -------------------------------------------------------------------------------- photometric
 
+def _convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    """``img * alpha + beta`` clipped to 0..255 and truncated to uint8 (mmseg's ``convert``)."""
+    return np.clip(img.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+
+def adjust_saturation(img: np.ndarray, factor: float) -> np.ndarray:
+    """Scale the S channel of OpenCV's 8-bit HSV by ``factor`` (mmseg's saturation step).
+
+    Args:
+        img: (H, W, 3) uint8 RGB.
+        factor: multiplier of the saturation.
+    """
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+    hsv[..., 1] = _convert(hsv[..., 1], alpha=factor)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def shift_hue(img: np.ndarray, delta: int) -> np.ndarray:
+    """Add ``delta`` to the H channel of OpenCV's 8-bit HSV, modulo 180 (mmseg's hue step).
+
+    Args:
+        img: (H, W, 3) uint8 RGB.
+        delta: shift in OpenCV hue units (180 = full circle).
+    """
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = (hsv[..., 0].astype(int) + delta) % 180
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
 @TRANSFORMS.register_module()
 class PhotoMetricDistortion:
-    """Random brightness, contrast, saturation and hue, each applied with probability 0.5, with
-    contrast either first or last (chosen at random), as mmseg's PhotoMetricDistortion does:
-    brightness adds a value in [-brightness_delta, brightness_delta], contrast and saturation
-    multiply by a factor in their ranges, hue shifts by up to ``hue_delta`` (OpenCV units, 0..180).
+    """mmseg's PhotoMetricDistortion, step for step: brightness, then contrast either first
+    (right after brightness) or last (chosen at random), with saturation and hue between; each of
+    the four applied with probability 0.5. Brightness adds a value uniform in
+    [-brightness_delta, brightness_delta], contrast multiplies every channel by a factor uniform
+    in ``contrast_range``, saturation multiplies HSV's S channel by a factor uniform in
+    ``saturation_range`` and hue adds an integer in [-hue_delta, hue_delta) to HSV's H (OpenCV's
+    8-bit HSV, 0..180); each step clips to 0..255 and truncates to uint8, as mmseg does.
+
+    Written with numpy and OpenCV rather than albumentations: albumentations' saturation blends
+    with the grayscale image (torchvision's definition, not an HSV scaling), and its brightness,
+    contrast and hue steps round where mmseg truncates and draw real-valued hue shifts.
 
     Args:
         brightness_delta: Largest brightness offset (0..255 scale).
@@ -744,23 +795,38 @@ class PhotoMetricDistortion:
         self.contrast_range = tuple(contrast_range)
         self.saturation_range = tuple(saturation_range)
         self.hue_delta = hue_delta
-        b = brightness_delta / 255.0
-        brightness = A.RandomBrightnessContrast(brightness_limit=(-b, b), contrast_limit=(0, 0),
-                                                brightness_by_max=True, p=0.5)
-        contrast = A.RandomBrightnessContrast(
-            brightness_limit=(0, 0),
-            contrast_limit=(contrast_range[0] - 1, contrast_range[1] - 1), p=0.5)
-        saturation = A.ColorJitter(brightness=(1, 1), contrast=(1, 1),
-                                   saturation=tuple(saturation_range), hue=(0, 0), p=0.5)
-        hue = A.HueSaturationValue(hue_shift_limit=(-hue_delta, hue_delta),
-                                   sat_shift_limit=(0, 0), val_shift_limit=(0, 0), p=0.5)
-        self._contrast_first = A.Compose([brightness, contrast, saturation, hue])
-        self._contrast_last = A.Compose([brightness, saturation, hue, contrast])
+
+    def _brightness(self, img: np.ndarray) -> np.ndarray:
+        if np.random.randint(2):
+            return _convert(img, beta=np.random.uniform(-self.brightness_delta,
+                                                        self.brightness_delta))
+        return img
+
+    def _contrast(self, img: np.ndarray) -> np.ndarray:
+        if np.random.randint(2):
+            return _convert(img, alpha=np.random.uniform(*self.contrast_range))
+        return img
+
+    def _saturation(self, img: np.ndarray) -> np.ndarray:
+        if np.random.randint(2):
+            return adjust_saturation(img, np.random.uniform(*self.saturation_range))
+        return img
+
+    def _hue(self, img: np.ndarray) -> np.ndarray:
+        if np.random.randint(2):
+            delta = np.random.randint(-self.hue_delta, self.hue_delta) if self.hue_delta else 0
+            return shift_hue(img, delta)
+        return img
 
     def __call__(self, results: dict) -> dict:
-        compose = self._contrast_first if np.random.rand() < 0.5 else self._contrast_last
-        compose.set_random_seed(_albu_seed())
-        results['img'] = compose(image=results['img'])['image']
+        img = self._brightness(results['img'])
+        contrast_first = np.random.randint(2) == 1
+        if contrast_first:
+            img = self._contrast(img)
+        img = self._hue(self._saturation(img))
+        if not contrast_first:
+            img = self._contrast(img)
+        results['img'] = img
         return results
 
     def __repr__(self) -> str:

@@ -1,5 +1,8 @@
 # COCO 2017 instances (boxes and masks) with ViTDet's large-scale jitter at 1024. Every path,
 # the evaluator's annotation file included, follows data_root.
+# ViTDet's recipe is horizontal flip + LSJ and nothing else (no photometric distortion).
+# LargeScaleJitter crops to at most image_size and does not pad: a model trained on this set pads
+# its batches to the square, after normalisation, with data_preprocessor size=image_size.
 dataset_type = 'CocoDataset'
 data_root = 'data/coco/'
 image_size = (1024, 1024)
@@ -10,7 +13,6 @@ train_pipeline = [
     dict(type='ClipBoxes'),  # a box wholly outside its image would crash albumentations
     dict(type='RandomFlip', prob=0.5),
     dict(type='LargeScaleJitter', scale=image_size, ratio_range=(0.1, 2.0)),
-    dict(type='PhotoMetricDistortion'),
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [

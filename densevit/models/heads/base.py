@@ -1,17 +1,39 @@
 """What every semantic-segmentation head shares: checking ``in_features`` against the
-``input_shapes`` that feed it, and the loss / predict half of the head contract."""
+``input_shapes`` that feed it, the norm layer named in a config, and the loss / predict half of
+the head contract."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...ops import SyncBatchNorm
 from ..contract import FeatureSpec
 from ..losses import SegCriterion
 
-__all__ = ['SegHead', 'select_inputs']
+__all__ = ['SegHead', 'select_inputs', 'norm_layer_type', 'NORM_LAYERS']
+
+# Config names of the heads' 2-d norm layers (mmseg's norm_cfg types). 'SyncBN' shares batch
+# statistics across the processes of a distributed run and is plain BatchNorm on one process.
+NORM_LAYERS: dict[str, Callable[..., nn.Module]] = {'BN': nn.BatchNorm2d, 'SyncBN': SyncBatchNorm}
+
+
+def norm_layer_type(norm_layer: str | Callable[..., nn.Module],
+                    owner: str) -> Callable[..., nn.Module]:
+    """The norm layer type for ``norm_layer``: a name from ``NORM_LAYERS`` or a callable.
+
+    Args:
+        norm_layer: 'BN', 'SyncBN', or a callable taking the channel count.
+        owner: the head's class name, for the error message.
+    """
+    if callable(norm_layer):
+        return norm_layer
+    if norm_layer not in NORM_LAYERS:
+        raise ValueError(f'{owner}: norm_layer {norm_layer!r} is unknown; use one of '
+                         f'{sorted(NORM_LAYERS)} or a norm layer type')
+    return NORM_LAYERS[norm_layer]
 
 
 def select_inputs(input_shapes: Mapping[str, FeatureSpec], in_features: Sequence[str],

@@ -12,7 +12,7 @@ from torchvision.ops import Conv2dNormActivation
 from ...registry import MODELS
 from ..contract import FeatureSpec
 from ..losses import SegCriterion
-from .base import SegHead, select_inputs
+from .base import SegHead, norm_layer_type, select_inputs
 
 __all__ = ['UPerHead', 'PyramidPooling']
 
@@ -62,7 +62,9 @@ class UPerHead(SegHead):
         sampler: optional pixel sampler config (e.g. OHEMPixelSampler).
         ignore_index: label ignored by accuracy and sampler.
         align_corners: for the bilinear resizes.
-        norm_layer: 2-d norm layer type (BatchNorm2d; a Runner with ``sync_bn`` converts it).
+        norm_layer: 2-d norm layer: 'BN' (BatchNorm2d), 'SyncBN' (statistics shared across the
+            processes of a distributed run, as mmseg's SyncBN; plain BatchNorm on one process),
+            or a norm layer type.
     """
 
     def __init__(self, *, input_shapes: Mapping[str, FeatureSpec],
@@ -72,8 +74,9 @@ class UPerHead(SegHead):
                  loss_decode: dict | list[dict] = dict(type='CrossEntropyLoss'),
                  sampler: dict | None = None, ignore_index: int = 255,
                  align_corners: bool = False,
-                 norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d) -> None:
+                 norm_layer: str | Callable[..., nn.Module] = 'BN') -> None:
         super().__init__()
+        norm_layer = norm_layer_type(norm_layer, type(self).__name__)
         specs = select_inputs(input_shapes, in_features, type(self).__name__)
         strides = [s.stride for s in specs]
         if strides != sorted(set(strides)):

@@ -2,6 +2,9 @@
 
 mmengine's ImgDataPreprocessor normalises and pads images but knows nothing of segmentation maps;
 this one also pads ``gt_sem_seg`` with the ignore label in training and records ``pad_shape``.
+This is the one place a batch is padded (after normalisation, as mmseg 1.x and detectron2 do):
+the pipeline's crops and jitters leave images smaller than the training size rather than padding
+raw pixels.
 """
 from __future__ import annotations
 
@@ -25,16 +28,20 @@ class SegDataPreprocessor(BaseDataPreprocessor):
     Input ``{'inputs': list of uint8 (3, H, W) tensors (RGB) or a (B, 3, H, W) tensor,
     'data_samples': list of DataSample}``; output ``{'inputs': float (B, 3, Hp, Wp),
     'data_samples'}``. Images are padded at the bottom and right with ``pad_val`` (after
-    normalisation) to the batch's largest size, at least ``size``, rounded up to a multiple of
-    ``size_divisor``. Each sample gets metainfo ``pad_shape`` (and ``img_shape`` if the pipeline did
-    not set it). In training ``gt_sem_seg`` is padded the same way with ``seg_pad_val``; outside
-    training it is left untouched (the metric compares at ori_shape).
+    normalisation) to the batch's largest size, in training at least ``size``, rounded up to a
+    multiple of ``size_divisor``. Each sample gets metainfo ``pad_shape`` (and ``img_shape`` if the
+    pipeline did not set it). In training ``gt_sem_seg`` is padded the same way with
+    ``seg_pad_val``; outside training it is left untouched (the metric compares at ori_shape).
+
+    ``size`` applies in training only, as mmseg's ``SegDataPreProcessor(size=crop_size)``: whole-
+    image inference runs on the image as it is (a sliding-window ``Segmentor`` pads its own
+    windows), and a detector tests at the size its test pipeline gives.
 
     Args:
         mean: per-channel mean on the 0..255 scale, RGB.
         std: per-channel std on the 0..255 scale, RGB.
-        size: minimum padded (H, W), e.g. (512, 512) = the training crop.
-        size_divisor: pad H and W up to a multiple of this.
+        size: minimum padded (H, W) in training, e.g. (512, 512) = the training crop.
+        size_divisor: pad H and W up to a multiple of this (training and test).
         pad_val: value of padded image pixels (in normalised units).
         seg_pad_val: value of padded label pixels (the ignore index).
         bgr_to_rgb: swap channel order first (for pipelines that load BGR).
@@ -60,11 +67,12 @@ class SegDataPreprocessor(BaseDataPreprocessor):
         self.seg_pad_val = seg_pad_val
         self.bgr_to_rgb = bgr_to_rgb
 
-    def padded_size(self, sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
-        """The (Hp, Wp) a batch of images of ``sizes`` is padded to."""
+    def padded_size(self, sizes: Sequence[tuple[int, int]],
+                    training: bool = False) -> tuple[int, int]:
+        """The (Hp, Wp) a batch of images of ``sizes`` is padded to (``size`` in training only)."""
         h = max(s[0] for s in sizes)
         w = max(s[1] for s in sizes)
-        if self.size is not None:
+        if training and self.size is not None:
             h, w = max(h, self.size[0]), max(w, self.size[1])
         if self.size_divisor:
             h = math.ceil(h / self.size_divisor) * self.size_divisor
@@ -84,7 +92,7 @@ class SegDataPreprocessor(BaseDataPreprocessor):
                 raise ValueError(f'inputs[{i}] must be a (3, H, W) image; got {tuple(img.shape)}')
         if samples is not None and len(samples) != len(inputs):
             raise ValueError(f'{len(inputs)} inputs but {len(samples)} data_samples')
-        hp, wp = self.padded_size([tuple(img.shape[-2:]) for img in inputs])
+        hp, wp = self.padded_size([tuple(img.shape[-2:]) for img in inputs], training)
         batch = []
         for img in inputs:
             if self.bgr_to_rgb:

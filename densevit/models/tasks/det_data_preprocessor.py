@@ -3,8 +3,8 @@ masks padded into the batch grid in training, and the per-image padding mask of 
 
 DETR-family heads must ignore padded pixels, so they take a (B, Hp, Wp) bool mask, True where a
 pixel lies outside the image's valid part (metainfo ``img_shape``); ``padding_mask`` builds it.
-A pipeline may pad the image itself (``LargeScaleJitter`` pads to its square ``scale``), so the
-mask follows ``img_shape``, never the size of the tensor handed in.
+A pipeline may pad the image itself (the ``Pad`` transform), so the mask follows ``img_shape``,
+never the size of the tensor handed in.
 """
 from __future__ import annotations
 
@@ -65,18 +65,19 @@ class DetDataPreprocessor(SegDataPreprocessor):
     """Normalise, pad to a common size, move to the model's device; in training also pad
     ``gt_instances.masks`` to the padded batch (zeros in the padding).
 
-    Padding is as in ``SegDataPreprocessor``: to the batch's largest image, at least ``size``,
-    rounded up to a multiple of ``size_divisor``. Use ``size_divisor`` = the coarsest feature
-    stride for multi-scale necks (the ``Detector`` does so by default) or a fixed square ``size``
-    (e.g. (1024, 1024)) for ViTDet-style large-scale jitter, whose images are all at most that
-    big. Each sample gets metainfo ``pad_shape`` = (Hp, Wp) and ``img_shape`` if the pipeline did
-    not set it. Outside training annotations are left at their own size (the metric compares at
-    ``ori_shape``).
+    Padding is as in ``SegDataPreprocessor``: to the batch's largest image, in training at least
+    ``size``, rounded up to a multiple of ``size_divisor``. Use ``size_divisor`` = the coarsest
+    feature stride for multi-scale necks (the ``Detector`` does so by default) and, for
+    ViTDet-style large-scale jitter (``LargeScaleJitter`` crops to at most its ``scale`` and does
+    not pad), a fixed square ``size`` = that scale, e.g. (1024, 1024), so every training batch is
+    the square the recipe trains on. Each sample gets metainfo ``pad_shape`` = (Hp, Wp) and
+    ``img_shape`` if the pipeline did not set it. Outside training annotations are left at their
+    own size (the metric compares at ``ori_shape``).
 
     Args:
         mean: per-channel mean on the 0..255 scale, RGB.
         std: per-channel std on the 0..255 scale, RGB.
-        size: minimum padded (H, W).
+        size: minimum padded (H, W) in training.
         size_divisor: pad H and W up to a multiple of this.
         pad_val: value of padded image pixels (in normalised units).
         bgr_to_rgb: swap channel order first (for pipelines that load BGR).
