@@ -2,9 +2,9 @@
 ``python tools/convert_checkpoint.py KIND IN OUT [--config CONFIG]``.
 
 KIND is one of the converters in densevit.checkpoint (timm_vit, mae, deit, sam, vitdet, segmenter,
-swin, nat, dinat, resnet, deformable_detr, dino). With ``--config`` the converted weights are
-loaded into that config's model (its backbone for backbone-only kinds) and the load report is
-printed: missing, unexpected and resized keys.
+swin, nat, dinat, resnet, deformable_detr, dino, hf_upernet). With ``--config`` the converted
+weights are loaded into that config's model (its backbone for backbone-only kinds) and the load
+report is printed: missing, unexpected and resized keys.
 """
 import argparse
 import os
@@ -35,8 +35,8 @@ def main(argv=None):
     if args.config:
         from densevit.apis import init_model
         model = init_model(args.config)
-        # Whole-model converters (sam, vitdet, segmenter, deformable_detr, dino) prefix their keys
-        # with the part they fill; the others give backbone keys without a prefix.
+        # Whole-model converters (sam, vitdet, segmenter, deformable_detr, dino, hf_upernet)
+        # prefix their keys with the part they fill; the others give backbone keys without one.
         whole = any(k.startswith(('backbone.', 'neck.', 'head.')) for k in state)
         target = model if whole else model.backbone
         report = load_state_dict(target, state, log=False)

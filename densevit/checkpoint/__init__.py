@@ -12,9 +12,9 @@ __all__ = ['LoadReport', 'load_state_dict', 'converters', 'get_converter']
 def converters() -> dict[str, Callable[[dict], dict]]:
     """Every converter by kind (``tools/convert_checkpoint.py KIND``), gathered from the model
     families' converter modules."""
-    from . import detr, nat, resnet, swin, vit
+    from . import detr, nat, resnet, swin, upernet, vit
     table: dict[str, Callable[[dict], dict]] = {}
-    for module in (vit, swin, nat, resnet, detr):
+    for module in (vit, swin, nat, resnet, detr, upernet):
         table.update(module.CONVERTERS)
     return table
 
