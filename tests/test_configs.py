@@ -57,7 +57,7 @@ def test_config_loads_and_data_root_switches_every_path(path):
     leftovers = [s for s in _strings(switched.to_dict()) if old in s and s != new]
     assert not leftovers, f'paths still under {old}: {leftovers}'
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        if loader in switched:
+        if switched.get(loader) is not None:  # an evaluation-only config has no train loader
             assert switched[loader].dataset.data_root.startswith(new)
 
 
@@ -81,3 +81,37 @@ def test_config_model_builds_and_runs(path):
     if path in SEG_CONFIGS:
         ckpt = cfg.model.get('backbone_checkpoint')
         assert ckpt and ckpt.startswith('checkpoints/'), 'published configs name their weights'
+
+
+UPERNET_CONFIGS = [p for p in SEG_CONFIGS if osp.basename(p).startswith('upernet_')]
+
+
+@pytest.mark.parametrize('path', UPERNET_CONFIGS, ids=_name)
+def test_upernet_configs_follow_mmseg_recipe(path):
+    """mmseg's UperNet recipe, value by value: SyncBN in both heads, cross-entropy averaged over
+    all pixels (avg_non_ignore=False), training batches padded to the 512 crop after
+    normalisation (the pipeline's RandomCrop does not pad)."""
+    cfg = Config.fromfile(path)
+    for head in (cfg.model.decode_head, cfg.model.auxiliary_head):
+        assert head.norm_layer == 'SyncBN'
+        assert head.loss_decode.avg_non_ignore is False
+    assert tuple(cfg.model.data_preprocessor.size) == (512, 512) == tuple(cfg.crop_size)
+    assert cfg.model.data_preprocessor.get('pad_val', 0.0) == 0.0  # the normalised mean
+    assert cfg.model.data_preprocessor.seg_pad_val == 255
+    steps = [step['type'] for step in cfg.train_dataloader.dataset.pipeline]
+    assert 'Pad' not in steps and steps.index('RandomCrop') < steps.index('PhotoMetricDistortion')
+    header = open(path).read().split('\n_base_')[0]
+    assert 'Target:' in header and 'convert_checkpoint.py' in header
+
+
+def test_vit_b_upernet_window_tiles_its_map_and_follows_mae():
+    cfg = Config.fromfile(osp.join(ROOT, 'configs/upernet/upernet_vit-b_ade20k-512x512-160k.py'))
+    backbone = cfg.model.backbone
+    grid = 512 // 16  # tokens per side of a 512 crop at patch 16
+    assert grid % backbone.window_size == 0 and backbone.window_size == 16
+    assert cfg.optim_wrapper.optimizer.weight_decay == 0.05  # MAE's fine-tuning
+    assert cfg.optim_wrapper.optimizer.lr == 1e-4
+    assert cfg.optim_wrapper.paramwise_cfg.layer_decay_rate == 0.65
+    assert tuple(cfg.optim_wrapper.paramwise_cfg.no_decay) == ('norm', 'pos_embed')  # ViTDet
+    header = open(cfg.filename).read().split('\n_base_')[0]
+    assert 'Recipe:' in header and 'Window 16' in header

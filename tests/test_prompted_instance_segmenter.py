@@ -112,3 +112,46 @@ def test_weights_load_from_training_work_dirs(model, tmp_path):
         for key, value in getattr(pim, role).state_dict().items():
             torch.testing.assert_close(value, getattr(model, role).state_dict()[key] + 1)
 
+
+@pytest.mark.slow
+def test_paired_quickstarts_score_box_and_mask_ap_without_a_checkpoint(tmp_path):
+    """tools/test.py on the pairing config: each part's weights from its work dir, no checkpoint
+    of the pair's own; CocoMetric scores the detector's boxes and the segmenter's masks."""
+    import os.path as osp
+    import pickle
+
+    from mmengine.config import Config
+
+    from tools.test import main as test_main
+    if not osp.isfile('data/synthetic/coco/annotations/instances_val2017.json'):
+        pytest.skip('make data writes the COCO stand-in')
+    config = 'configs/quickstart/dino-sam_vit-tiny_coco.py'
+    cfg = Config.fromfile(config)
+    torch.manual_seed(0)
+    for role in ('detector', 'segmenter'):
+        part = MODELS.build(Config.fromfile(cfg.model[role]).model)
+        work_dir = tmp_path / role
+        work_dir.mkdir()
+        torch.save(dict(state_dict=part.state_dict()), work_dir / 'epoch_1.pth')
+        (work_dir / 'last_checkpoint').write_text(str(work_dir / 'epoch_1.pth'))
+    out = tmp_path / 'preds.pkl'
+    metrics = test_main([config, '--work-dir', str(tmp_path / 'test'), '--out', str(out),
+                         '--cfg-options', f'model.detector_checkpoint={tmp_path / "detector"}',
+                         f'model.segmenter_checkpoint={tmp_path / "segmenter"}',
+                         'test_dataloader.dataset.indices=3', 'test_dataloader.num_workers=0',
+                         'test_dataloader.persistent_workers=False'])
+    assert {'coco/bbox_mAP', 'coco/segm_mAP'} <= set(metrics)
+    with open(out, 'rb') as f:
+        preds = pickle.load(f)
+    assert len(preds) == 3
+    for pred in preds:
+        masks = pred['pred_instances']['masks']
+        assert len(masks) == len(pred['pred_instances']['bboxes']) == 100
+
+
+def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
+    path = tmp_path / 'other.pth'
+    torch.save(dict(state_dict={'backbone.weight': torch.zeros(1)}), path)
+    with pytest.raises(ValueError, match=f'segmenter_checkpoint {path} does not fit'):
+        MODELS.build(dict(type='PromptedInstanceSegmenter', detector=DETECTOR,
+                          segmenter=SEGMENTER, segmenter_checkpoint=str(path)))

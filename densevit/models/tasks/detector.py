@@ -214,7 +214,7 @@ class Detector(BaseModel):
         where = f'iteration {iteration}' if iteration is not None else 'an unknown iteration'
         terms = ', '.join(f'{name}={vs[0] if len(vs) == 1 else vs}' for name, vs in values.items())
         images = '; '.join(_describe(s) for s in data_samples)
-        raise FloatingPointError(f'non-finite detection loss at {where}: {terms}; images: '
+        raise FloatingPointError(f'non-finite loss at {where}: {terms}; images: '
                                  f'{images}')
 
     # ---------------------------------------------------------------- post-processing

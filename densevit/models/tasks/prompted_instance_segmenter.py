@@ -98,7 +98,11 @@ class PromptedInstanceSegmenter(BaseModel):
             if path is not None:
                 path = _checkpoint_file(path, role)
                 logger.info('loading %s weights from %s', role, path)
-                load_state_dict(getattr(self, role), read_state_dict(path))
+                try:
+                    load_state_dict(getattr(self, role), read_state_dict(path), strict=True)
+                except ValueError as error:
+                    raise ValueError(f'{role}_checkpoint {path} does not fit the {role}: '
+                                     f'{error}') from None
 
     # ---------------------------------------------------------------- mmengine entry points
     def forward(self, inputs: torch.Tensor, data_samples: Sequence | None = None,

@@ -53,6 +53,15 @@ class SamDataPreprocessor(DetDataPreprocessor):
                          bgr_to_rgb=bgr_to_rgb, non_blocking=non_blocking)
         self.image_size = int(image_size)
 
+    def padded_size(self, sizes: Sequence[tuple[int, int]],
+                    training: bool = False) -> tuple[int, int]:
+        """Always the square ``(image_size, image_size)``, in training and at test time alike:
+        the prompt encoder's positional grid is the square's (``Sam.preprocess`` pads so)."""
+        if max(max(s) for s in sizes) > self.image_size:
+            raise ValueError(f'images of sizes {list(sizes)} are larger than the square input '
+                             f'{self.image_size}')
+        return self.image_size, self.image_size
+
     def forward(self, data: dict, training: bool = False) -> dict:
         data = self.cast_data(data)
         inputs = data['inputs']
