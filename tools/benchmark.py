@@ -14,7 +14,7 @@ import time
 import torch
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-TOPICS = ('vit', 'na2d', 'segmentation', 'msda', 'detection')
+TOPICS = ('vit', 'na2d', 'segmentation', 'msda', 'detection', 'sam')
 
 
 def _fmt(value) -> str:
