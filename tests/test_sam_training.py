@@ -324,5 +324,7 @@ def test_two_process_evaluation_equals_one_process(stand_in, tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     single = test_main([CONFIG, ckpt, '--work-dir', str(tmp_path / 't1'), *options])
     two = json.loads((tmp_path / 'two.json').read_text())
-    assert two == pytest.approx({k: float(v) for k, v in single.items()}, abs=1e-12)
+    # each process runs its own threads, so float sums may differ in the last bits and move a
+    # pixel of one mask: equal to 1e-4 of the metric, far below a change of one instance's IoU
+    assert two == pytest.approx({k: float(v) for k, v in single.items()}, rel=1e-4, abs=1e-6)
     assert 0 < single['prompted/1-box_mIoU'] < 1, single
