@@ -32,7 +32,7 @@ def tiny_model(**overrides) -> torch.nn.Module:
         neck=dict(type='SamNeck', in_feature='s8', out_channels=32),
         mask_decoder=dict(transformer_mlp_dim=64, iou_head_hidden_dim=32,
                           transformer_num_heads=4),
-        train_cfg=dict(max_instances=4, num_clicks=2))
+        train_cfg=dict(max_instances=4, num_clicks=2, refine_iterations=0))
     cfg.update(overrides)
     torch.manual_seed(0)
     return MODELS.build(cfg)
@@ -164,7 +164,7 @@ def test_non_finite_loss_raises_naming_the_images(monkeypatch):
 
 
 def test_corrective_iterations_add_one_click_each(monkeypatch):
-    model = tiny_model(train_cfg=dict(num_clicks=3, box_prob=0.0)).train()
+    model = tiny_model(train_cfg=dict(num_clicks=3, refine_iterations=0, box_prob=0.0)).train()
     calls = []
     decode = model.decode
 
@@ -179,6 +179,42 @@ def test_corrective_iterations_add_one_click_each(monkeypatch):
     assert calls[0]['mask_inputs'] is None
     assert all(c['mask_inputs'].shape == (2, 1, SIZE // 2, SIZE // 2) and
                not c['mask_inputs'].requires_grad for c in calls[1:])
+
+
+def test_refinements_feed_back_the_last_logits_without_a_click(monkeypatch):
+    """SAM's 8 clicks + 2 refinements: 11 decodes; a refinement repeats the previous step's
+    points and takes the logits of that step's kept output."""
+    model = tiny_model(train_cfg=dict(num_clicks=8, refine_iterations=2, box_prob=0.0)).train()
+    calls, outputs = [], []
+    decode = model.decode
+
+    def spy(embedding, **kwargs):
+        calls.append(kwargs)
+        outputs.append(decode(embedding, **kwargs))
+        return outputs[-1]
+
+    monkeypatch.setattr(model, 'decode', spy)
+    torch.manual_seed(3)
+    model(**_batch(model, [_sample(_squares(2))], True), mode='loss')
+    counts = [c['point_coords'].shape[1] for c in calls]
+    assert len(calls) == 11 and counts[-1] == counts[-2] == 9
+    repeats = [i for i in range(1, 11) if counts[i] == counts[i - 1]]
+    assert len(repeats) == 2 and repeats[-1] == 10  # one among the clicks, one at the end
+    for i in repeats:
+        assert torch.equal(calls[i]['point_coords'], calls[i - 1]['point_coords'])
+        low_res, iou = outputs[i - 1]
+        kept = low_res[torch.arange(2), iou.argmax(1)][:, None]
+        assert torch.equal(calls[i]['mask_inputs'], kept.detach())
+
+
+@pytest.mark.parametrize('clicks, refinements', [(0, 0), (0, 2), (8, 2), (3, 4)])
+def test_refinement_schedule_places_the_last_refinement_at_the_end(clicks, refinements):
+    from densevit.models.tasks.promptable_segmenter import refinement_schedule
+    for seed in range(5):
+        torch.manual_seed(seed)
+        steps = refinement_schedule(clicks, refinements)
+        assert steps.count(True) == clicks and steps.count(False) == refinements
+        assert not refinements or steps[-1] is False
 
 
 # ---------------------------------------------------------------- evaluation
@@ -243,7 +279,7 @@ def test_overfits_a_few_stand_in_instances(stand_in):
     from densevit.evaluation.prompted_metric import PromptedIoUMetric
     cfg = load_config(CONFIG, {'data_root': stand_in})
     model_cfg = cfg.model.to_dict()
-    model_cfg['train_cfg'].update(num_clicks=0, box_prob=1.0)
+    model_cfg['train_cfg'].update(num_clicks=0, refine_iterations=0, box_prob=1.0)
     model_cfg['test_cfg'] = dict(modes=('1-box',))
     torch.manual_seed(0)
     model = MODELS.build(model_cfg).train()

@@ -3,7 +3,8 @@
 # 16x16 embedding of the 128 px input) + segment-anything's prompt encoder and mask decoder
 # (TwoWayTransformer of depth 2, 4 heads, MLP 256; IoU head 128 wide). SAM's training: per
 # instance a point in the mask or its box with noise, then 1 corrective click with the previous
-# logits fed back; focal : dice : IoU-MSE = 20 : 1 : 1 (PromptableSegmenter's defaults). Batch 8,
+# logits fed back, and none of SAM's 2 refinement iterations (each costs a decoder pass per
+# instance); focal : dice : IoU-MSE = 20 : 1 : 1 (PromptableSegmenter's defaults). Batch 8,
 # AdamW lr 2e-3 with layer-wise decay 0.3 over the ViT (its last block at 0.3 x, the patch
 # embedding at 0.002 x the decoder's lr): with the encoder at full lr the decoder sits in the
 # all-background solution for most of the run (see BENCHMARKS.md, "SAM"). 16 epochs (384
@@ -29,7 +30,7 @@ model = dict(
     neck=dict(type='SamNeck', in_feature='s8', out_channels=128),
     mask_decoder=dict(transformer_mlp_dim=256, iou_head_hidden_dim=128, transformer_num_heads=4),
     data_preprocessor=dict(type='SamDataPreprocessor', image_size=image_size),
-    train_cfg=dict(max_instances=8, num_clicks=1),
+    train_cfg=dict(max_instances=8, num_clicks=1, refine_iterations=0),
     test_cfg=dict(modes=('1-point', '1-box', '1-click', '3-click', '5-click')))
 val_evaluator = dict(_delete_=True, type='PromptedIoUMetric')
 test_evaluator = val_evaluator

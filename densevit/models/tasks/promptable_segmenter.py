@@ -15,7 +15,8 @@ Call graph:
       ├─ per image: _training_masks(sample)     gt masks in the input frame, empty ones skipped
       │    └─ per first-prompt kind (point / box): _interactive_loss
       │         ├─ decode(first prompt, multimask) -> _mask_losses on the lowest-loss output
-      │         └─ num_clicks x: random_error_clicks + previous logits -> decode(single mask)
+      │         └─ refinement_schedule(num_clicks, refine_iterations) steps, each
+      │              previous logits (+ random_error_clicks on a click step) -> decode(single mask)
       └─ Detector._check_finite(losses, data_samples)
     predict(inputs, data_samples)                mode='predict'
       ├─ image_embedding
@@ -36,8 +37,10 @@ Training follows the SAM paper (appendix A): the first prompt is a foreground po
 the mask or the mask's box with noise; the loss is focal : dice = 20 : 1 on the one of the three
 multimask outputs with the lowest loss, plus the MSE between each output's predicted IoU and its
 real IoU; then corrective clicks, each from the previous prediction's larger error region, with
-that prediction's logits fed back as the mask prompt and a single mask output. Choices the
-paper leaves open:
+that prediction's logits fed back as the mask prompt and a single mask output; and two
+iterations that add no click, only the previous logits (one at a random place among the clicks,
+one at the end), so that the model learns to refine its own masks. Choices the paper leaves
+open:
 
 - Resolution: the loss compares the logits upsampled to the model input (cropped to the
   image's valid part, ``img_shape``) with the gt masks there, not the 4h x 4w low-res logits
@@ -50,8 +53,8 @@ paper leaves open:
   the same with ``supervise_all_iou``).
 - The prediction a corrective click is drawn from, and whose logits are fed back, is the output
   with the highest predicted IoU (what inference would keep), as in SAM 2's training.
-- Random prompts draw from torch's global generator, which mmengine's ``randomness.seed`` seeds.
-- SAM's two extra iterations without a new click are not run.
+- Random prompts, and the place of the refinement iterations (drawn per image and first-prompt
+  kind), draw from torch's global generator, which mmengine's ``randomness.seed`` seeds.
 """
 from __future__ import annotations
 
@@ -74,10 +77,10 @@ from .neck_chain import apply_neck, build_neck
 from .sam_prompts import (center_points, farthest_error_clicks, noisy_boxes,
                           random_error_clicks, random_points_in_masks)
 
-__all__ = ['PromptableSegmenter', 'parse_modes']
+__all__ = ['PromptableSegmenter', 'parse_modes', 'refinement_schedule']
 
 
-_TRAIN_CFG_DEFAULTS = dict(max_instances=16, box_prob=0.5, num_clicks=8,
+_TRAIN_CFG_DEFAULTS = dict(max_instances=16, box_prob=0.5, num_clicks=8, refine_iterations=2,
                            freeze_image_encoder=False, focal_weight=20.0, dice_weight=1.0,
                            iou_weight=1.0)
 _TEST_CFG_DEFAULTS = dict(modes=('1-point', '1-box', '1-click', '3-click', '5-click'),
@@ -140,6 +143,9 @@ class PromptableSegmenter(BaseModel):
         train_cfg: ``max_instances`` (gt instances per image, a random subset; 16),
             ``box_prob`` (chance that the first prompt is a box, else a point; 0.5, as SAM),
             ``num_clicks`` (corrective-click iterations after the first prompt; 8, as SAM),
+            ``refine_iterations`` (iterations that feed back the previous logits without a new
+            click, the last at the end and the others at random places among the clicks; 2,
+            as SAM),
             ``freeze_image_encoder`` (backbone and neck get no gradients and stay in eval mode;
             False), ``focal_weight`` / ``dice_weight`` / ``iou_weight`` (20, 1, 1, as SAM).
         test_cfg: ``modes`` (the prompts scored, see ``parse_modes``; default '1-point',
@@ -182,7 +188,8 @@ class PromptableSegmenter(BaseModel):
                                                    embedding_size=self.embedding_size)
         self.mask_decoder = build_mask_decoder(mask_decoder, transformer_dim=spec.channels)
         self.train_cfg = _check_cfg('train_cfg', train_cfg, _TRAIN_CFG_DEFAULTS,
-                                    integers=dict(max_instances=1, num_clicks=0))
+                                    integers=dict(max_instances=1, num_clicks=0,
+                                                  refine_iterations=0))
         if not 0.0 <= self.train_cfg['box_prob'] <= 1.0:
             raise ValueError(f'train_cfg box_prob is a probability; got '
                              f'{self.train_cfg["box_prob"]!r}')
@@ -280,7 +287,8 @@ class PromptableSegmenter(BaseModel):
     # ---------------------------------------------------------------- training
     def loss(self, inputs: torch.Tensor, data_samples: Sequence) -> dict[str, torch.Tensor]:
         """``loss_focal``, ``loss_dice`` and ``loss_iou`` (weighted), each the mean over the
-        batch's prompted instances of the mean over the 1 + ``num_clicks`` iterations."""
+        batch's prompted instances of the mean over the 1 + ``num_clicks`` +
+        ``refine_iterations`` iterations."""
         if data_samples is None:
             raise ValueError('PromptableSegmenter.loss needs data_samples with gt_instances '
                              '(masks)')
@@ -334,7 +342,9 @@ class PromptableSegmenter(BaseModel):
     def _interactive_loss(self, embedding: torch.Tensor, gt: torch.Tensor,
                           boxed: bool) -> dict[str, torch.Tensor]:
         """Loss sums over N instances of one image, each the mean over its iterations: the
-        first prompt (a box if ``boxed`` else a point), then ``num_clicks`` corrective clicks.
+        first prompt (a box if ``boxed`` else a point), then the steps of
+        ``refinement_schedule``: corrective clicks and refinements without a click, each fed the
+        previous prediction's logits.
 
         Args:
             embedding: (1, C, h, w) the image's embedding.
@@ -351,7 +361,8 @@ class PromptableSegmenter(BaseModel):
             points = random_points_in_masks(gt)[:, None]  # (N, 2) -> (N, 1, 2)
             labels = torch.ones((n, 1), dtype=torch.long, device=gt.device)
         sums = dict(loss_focal=0.0, loss_dice=0.0, loss_iou=0.0)
-        iterations = 1 + cfg['num_clicks']
+        clicks = refinement_schedule(cfg['num_clicks'], cfg['refine_iterations'])
+        iterations = 1 + len(clicks)
         for step in range(iterations):
             low_res, iou_pred = self.decode(embedding, point_coords=points,
                                             point_labels=labels, boxes=boxes,
@@ -371,6 +382,8 @@ class PromptableSegmenter(BaseModel):
             with torch.no_grad():
                 kept = iou_pred.argmax(1)  # the output inference would keep
                 mask_inputs = low_res[rows, kept][:, None].detach()  # (N, 1, 4h', 4w')
+                if not clicks[step]:
+                    continue  # a refinement: the same prompts and these logits
                 coords, click_labels = random_error_clicks(logits[rows, kept] > 0, gt)
             points = (coords[:, None] if points is None
                       else torch.cat([points, coords[:, None]], dim=1))
@@ -474,6 +487,16 @@ class PromptableSegmenter(BaseModel):
             if k >= 0:
                 scores[mode] = by_clicks[k]
         return {mode: scores[mode] for mode in self.modes}
+
+
+def refinement_schedule(num_clicks: int, refine_iterations: int) -> list[bool]:
+    """The training iterations after the first prompt, in order: True adds a corrective click,
+    False only feeds back the previous logits. As the SAM paper (appendix A): the last
+    refinement comes at the end, the others at random places among the clicks."""
+    steps = [True] * num_clicks
+    for _ in range(refine_iterations - 1):
+        steps.insert(int(torch.randint(len(steps) + 1, ())), False)
+    return steps + [False] * min(refine_iterations, 1)
 
 
 def _mask_losses(logits: torch.Tensor, gt: torch.Tensor
