@@ -139,3 +139,39 @@ def test_norm_eval_and_frozen_modules():
     torch.testing.assert_close(norms[0].running_mean, before)  # statistics not updated
     with pytest.raises(ValueError, match="'layer9'"):
         TimmBackbone(model_name='resnet18', frozen_modules=('layer9',))
+
+
+def test_convnext_output_norms_and_unpadded_maps_as_mmseg_and_transformers():
+    """``out_norm='LN2d'``: each returned map is layer-normalised over its channels (eps 1e-6)
+    with its own affine parameters; ``pad_input=False``: the maps are timm's own of the unpadded
+    image, floor(H / s) for ConvNeXt's stride-4 stem and stride-2 downsampling."""
+    torch.manual_seed(0)
+    backbone = TimmBackbone(model_name='convnext_atto', out_norm='LN2d', pad_input=False).eval()
+    assert backbone._size_divisor == 1
+    with torch.no_grad():
+        for norm in backbone.out_norms.values():
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_()
+    image = torch.randn(1, 3, 70, 99)
+    with torch.no_grad():
+        ours = backbone(image)
+        raw = backbone.model.model.forward_intermediates(image, indices=[0, 1, 2, 3],
+                                                         intermediates_only=True)
+    assert [tuple(m.shape[-2:]) for m in ours.values()] == [(17, 24), (8, 12), (4, 6), (2, 3)]
+    for (name, feat), ref in zip(ours.items(), raw):
+        norm = backbone.out_norms[name]
+        # (B, C, H, W) -> (B, H, W, C), layer norm over C, back
+        expected = torch.nn.functional.layer_norm(
+            ref.permute(0, 2, 3, 1), ref.shape[1:2], norm.weight, norm.bias, eps=1e-6,
+        ).permute(0, 3, 1, 2)
+        torch.testing.assert_close(feat, expected)
+    # the norms are optional in a backbone checkpoint and sit above the last stage for lr decay
+    assert backbone.checkpoint_optional_keys() == {
+        f'out_norms.s{s}.{p}' for s in (4, 8, 16, 32) for p in ('weight', 'bias')}
+    assert backbone.layer_id('out_norms.s32.weight') == backbone.num_layers + 1
+    # the defaults are unchanged: no norms, the image padded to 32
+    plain = TimmBackbone(model_name='convnext_atto')
+    assert plain.out_norms is None and plain._size_divisor == 32
+    assert not any(k.startswith('out_norms.') for k in plain.state_dict())
+    with pytest.raises(ValueError, match="out_norm 'BN'.*LN2d"):
+        TimmBackbone(model_name='convnext_atto', out_norm='BN')

@@ -15,8 +15,15 @@ convolution stems and patch embeddings, get the image padded to a multiple of th
 and each map cropped to ceil(H / stride); models that already give ceil(H / stride), such as
 ResNets, run on the image as it is, so their border features equal the official ones),
 ``dynamic_img_size=True`` for models whose constructor takes it, so ViTs run at sizes other than
-their pretraining one, and the frozen BatchNorm and frozen early stages of the DETR recipes
-(``norm_eval``, ``frozen_modules``).
+their pretraining one, the frozen BatchNorm and frozen early stages of the DETR recipes
+(``norm_eval``, ``frozen_modules``), and the per-level output LayerNorms that mmseg's and
+transformers' ConvNeXt backbones put on every map they return (``out_norm='LN2d'``).
+
+The padding is the one default that departs from the official segmentation ConvNeXt: its stride-4
+stem and stride-2 downsampling drop remainder rows and columns, so at a size 32 does not divide
+mmseg and transformers compute floor-sized maps of the unpadded image. ``pad_input=False`` runs
+the model as they do (UperNet checkpoints converted with ``hf_upernet`` need it to reproduce
+their logits at such sizes).
 """
 from __future__ import annotations
 
@@ -28,8 +35,10 @@ from typing import Any, Sequence
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import LayerNorm2d
 from timm.models import group_parameters
 from timm.optim import auto_group_layers
+from torch import nn
 
 from densevit.registry import MODELS
 
@@ -41,6 +50,9 @@ __all__ = ['TimmBackbone']
 _RESERVED = ('pretrained', 'checkpoint_path', 'features_only', 'feature_cls', 'out_indices',
              'pretrained_cfg_overlay')
 _PREFIX = 'model.model.'  # FeatureGetterNet holds the timm model as ``.model``
+# output norms by config name: a channels-first LayerNorm, eps 1e-6 (mmseg's LN2d, transformers'
+# ConvNextLayerNorm(data_format='channels_first'))
+OUT_NORMS = {'LN2d': LayerNorm2d}
 
 
 @MODELS.register_module()
@@ -50,7 +62,8 @@ class TimmBackbone(Backbone):
     def __init__(self, *, model_name: str, pretrained: bool = False, checkpoint_path: str = '',
                  out_indices: Sequence[int] | None = None,
                  model_kwargs: dict[str, Any] | None = None, norm_eval: bool = False,
-                 frozen_modules: Sequence[str] = ()) -> None:
+                 frozen_modules: Sequence[str] = (), out_norm: str | None = None,
+                 pad_input: bool = True) -> None:
         """
         Args:
             model_name: a ``timm.create_model`` name, e.g. ``'convnext_tiny'``,
@@ -68,6 +81,17 @@ class TimmBackbone(Backbone):
             frozen_modules: names of the timm model's submodules whose parameters do not train,
                 e.g. ``('conv1', 'bn1', 'layer1')`` for the ResNet stem and first stage as DETR
                 freezes them.
+            out_norm: None (the maps as timm returns them) or ``'LN2d'``: a LayerNorm over the
+                channels of every returned map, held as ``out_norms.s{stride}``, as mmseg's
+                ConvNeXt (``norm0..3``) and transformers' ``ConvNextBackbone``
+                (``hidden_states_norms``) have. Classification checkpoints have none
+                (``checkpoint_optional_keys``); layer-wise lr decay treats them as the head does.
+            pad_input: True pads the image to a multiple of the largest stride where the model's
+                maps would not be ceil(H / stride) (see the module docstring). False runs every
+                model on the image as it is, so the maps are what the model computes: floor-sized
+                for ConvNeXt, as mmseg and transformers compute them. The maps may then be smaller
+                than ceil(H / stride), which heads that resize between levels (UPerHead, FCNHead)
+                accept.
         """
         super().__init__()
         model_kwargs = dict(model_kwargs or {})
@@ -75,6 +99,9 @@ class TimmBackbone(Backbone):
         if clash:
             raise ValueError(f'TimmBackbone model_kwargs {clash} are set by TimmBackbone itself; '
                              f'use its own arguments (pretrained, checkpoint_path, out_indices)')
+        if out_norm is not None and out_norm not in OUT_NORMS:
+            raise ValueError(f'TimmBackbone out_norm {out_norm!r} is unknown; use None or one of '
+                             f'{sorted(OUT_NORMS)}')
         if not timm.is_model(model_name):
             raise ValueError(f'TimmBackbone: timm has no model {model_name!r} '
                              f'(see timm.list_models())')
@@ -112,9 +139,11 @@ class TimmBackbone(Backbone):
                              f'strides')
         self.out_features = {name: FeatureSpec(channels=c, stride=s)
                              for name, c, s in zip(self._names, info.channels(), info.reduction())}
-        self._size_divisor = 1 if _gives_ceil_maps(
+        self._size_divisor = 1 if not pad_input or _gives_ceil_maps(
             model_name, tuple(out_indices), model_kwargs, info.reduction()) \
             else max(info.reduction())
+        self.out_norms = None if out_norm is None else nn.ModuleDict(
+            {name: OUT_NORMS[out_norm](spec.channels) for name, spec in self.out_features.items()})
 
         inner = self.model.model
         if hasattr(inner, 'group_matcher'):
@@ -123,6 +152,9 @@ class TimmBackbone(Backbone):
             layer_map = auto_group_layers(inner)
         self._layer_map = {_PREFIX + name: layer for name, layer in layer_map.items()}
         self.num_layers = max(self._layer_map.values())
+        if self.out_norms is not None:
+            self._layer_map.update({'out_norms.' + name: self.num_layers + 1
+                                    for name, _ in self.out_norms.named_parameters()})
 
         self.norm_eval = norm_eval
         modules = dict(inner.named_modules())
@@ -157,16 +189,23 @@ class TimmBackbone(Backbone):
         out = {}
         for name, feat in zip(self._names, maps):
             stride = self.out_features[name].stride
-            # (B, C, Hp/s, Wp/s) -> (B, C, ceil(H/s), ceil(W/s))
-            out[name] = feat[..., :-(-height // stride), :-(-width // stride)]
+            # (B, C, Hp/s, Wp/s) -> (B, C, ceil(H/s), ceil(W/s)); unpadded maps stay as they are
+            feat = feat[..., :-(-height // stride), :-(-width // stride)]
+            out[name] = feat if self.out_norms is None else self.out_norms[name](feat)
         return out
 
     def layer_id(self, param_name: str) -> int:
-        """timm's group index of the parameter (0 = stem, num_layers = last group)."""
+        """timm's group index of the parameter (0 = stem, num_layers = last group); the output
+        norms num_layers + 1, not decayed (mmseg's ConvNeXt layer decay gives its ``norm{i}``
+        the id after the last stage)."""
         if param_name not in self._layer_map:
             raise ValueError(f'TimmBackbone.layer_id: {param_name!r} is not a parameter of this '
-                             f'backbone (names start with {_PREFIX!r})')
+                             f'backbone (names start with {_PREFIX!r} or out_norms.)')
         return self._layer_map[param_name]
+
+    def checkpoint_optional_keys(self) -> set[str]:
+        """The output norms: classification checkpoints have none."""
+        return {key for key in self.state_dict() if key.startswith('out_norms.')}
 
     def no_weight_decay(self) -> set[str]:
         inner = self.model.model
