@@ -1,18 +1,23 @@
 """Loading converted weights: resizing by value against the reference packages' own resizing
 (timm's ``resample_abs_pos_embed``, segment-anything's ``get_rel_pos`` and its Attention at a
-smaller window), and ``load_backbone_checkpoint``: whole-model files split into backbone and neck,
-complete loads or a named error."""
+smaller window, timm's resize of a (heads, H, W) bias table and a cubic convolution written
+out here for NAT's rpb), and ``load_backbone_checkpoint``: whole-model files split into backbone
+and neck, complete loads or a named error."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import timm
 import torch
 from segment_anything.modeling import image_encoder as sam_encoder
-from timm.layers import resample_abs_pos_embed
+from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table_simple
 
 from densevit.checkpoint.loading import load_backbone_checkpoint, load_state_dict
 from densevit.checkpoint.swin import convert_swin
 from densevit.checkpoint.vit import CONVERTERS, convert_mae, convert_vitdet
+from densevit.models.backbones.nat import NeighborhoodAttention2d
 from densevit.models.backbones.vit import Attention, ViT
 from densevit.registry import MODELS
 
@@ -106,6 +111,76 @@ def test_window_change_equals_segment_anything_attention_at_the_smaller_window()
     x = torch.randn(2, 7, 7, 48)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- NAT rpb
+
+def _cubic_convolution(table: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Resample ``table`` to ``size`` along ``axis`` by Keys' cubic convolution (a = -0.75, the
+    constant of PyTorch's and OpenCV's bicubic), sample centres at half pixels
+    (align_corners=False), the border value repeated outside: written from the definition, as an
+    independent reference for torch's bicubic resize."""
+    a, n = -0.75, table.shape[axis]
+
+    def weight(d: float) -> float:
+        d = abs(d)
+        if d <= 1:
+            return (a + 2) * d ** 3 - (a + 3) * d ** 2 + 1
+        return a * (d ** 3 - 5 * d ** 2 + 8 * d - 4) if d < 2 else 0.0
+
+    rows = []
+    for j in range(size):
+        src = (j + 0.5) * n / size - 0.5
+        first = math.floor(src)
+        rows.append(sum(weight(src - k) * np.take(table, min(max(k, 0), n - 1), axis=axis)
+                        for k in range(first - 1, first + 3)))
+    return np.stack(rows, axis=axis)
+
+
+@pytest.mark.parametrize('old,new', [(7, 5), (7, 11), (5, 3), (3, 1)])
+def test_rpb_resized_at_load_as_timm_resizes_a_heads_first_table(old, new):
+    """A NAT checkpoint of kernel ``old`` loaded into kernel ``new``: each head's (2k-1, 2k-1)
+    table, rows dy and columns dx, is resized bicubically as one grid, which is what timm's
+    ``resize_rel_pos_bias_table_simple`` does to a (heads, H, W) table (MaxViT's layout, NAT's
+    too) and what the official Swin / mmseg do to Swin's tables. (timm's other resizer,
+    ``resize_rel_pos_bias_table``, is BEiT's geometric-progression enlargement, for growing
+    windows only.)"""
+    source = NeighborhoodAttention2d(dim=16, num_heads=2, kernel_size=old)
+    with torch.no_grad():
+        source.rpb.normal_()
+    target = NeighborhoodAttention2d(dim=16, num_heads=2, kernel_size=new)
+    report = load_state_dict(target, source.state_dict(), log=False)
+    side_old, side_new = 2 * old - 1, 2 * new - 1
+    assert report.clean
+    assert report.resized == {'rpb': ((2, side_old, side_old), (2, side_new, side_new))}
+    table = source.rpb.detach()
+    expected = resize_rel_pos_bias_table_simple(table, new_window_size=(new, new),
+                                                new_bias_shape=(2, side_new, side_new))
+    torch.testing.assert_close(target.rpb.detach(), expected)
+    by_hand = _cubic_convolution(_cubic_convolution(table.double().numpy(), side_new, axis=1),
+                                 side_new, axis=2)
+    torch.testing.assert_close(target.rpb.detach(), torch.from_numpy(by_hand).float(),
+                               atol=1e-5, rtol=1e-5)
+    # the zero offset sits on a sample centre at every size: its bias is kept exactly
+    torch.testing.assert_close(target.rpb.detach()[:, new - 1, new - 1], table[:, old - 1, old - 1])
+
+
+def test_rpb_resize_keeps_rows_as_dy_and_columns_as_dx():
+    """Kernel 5 -> 3 of a table holding its row index (dy + 4): by hand, Keys' cubic convolution
+    at the source positions 0.4, 2.2, 4, 5.8, 7.6 gives 0.316, 2.248, 4, 5.752, 7.684 (e.g. at
+    0.4: weights -0.108, 0.72, 0.46, -0.072 on rows 0, 0, 1, 2, the first row repeated), the
+    same in every column; the transposed table gives the transposed result. The resize
+    stretches: the new edge offsets +-2 are sampled at the old +-3.6."""
+    rows = torch.arange(9.0)[:, None].expand(9, 9)
+    hand = torch.tensor([0.316, 2.248, 4.0, 5.752, 7.684])
+    for table, expected in ((rows, hand[:, None].expand(5, 5)),
+                            (rows.t(), hand[None, :].expand(5, 5))):
+        source = NeighborhoodAttention2d(dim=4, num_heads=1, kernel_size=5)
+        target = NeighborhoodAttention2d(dim=4, num_heads=1, kernel_size=3)
+        with torch.no_grad():
+            source.rpb.copy_(table[None])
+        load_state_dict(target, source.state_dict(), log=False)
+        torch.testing.assert_close(target.rpb.detach()[0], expected, atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------- load_backbone_checkpoint
