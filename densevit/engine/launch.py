@@ -1,5 +1,9 @@
 """Build an mmengine Runner from a config, on one process or under torchrun, on CPU or GPU.
 
+Every run is a ``ResilientRunner`` (verified, exact resume; ``skip_nonfinite``) whose checkpoints
+are written atomically by ``SafeCheckpointHook`` and whose train sampler can resume part-way
+through an epoch; ``make_resilient`` makes those swaps in the config, where they stay visible.
+
 mmengine 0.10.7's pytorch launcher calls ``torch.cuda.set_device`` unconditionally and its DDP
 wrapper passes ``device_ids=[LOCAL_RANK]``, which DDP rejects for CPU modules. On a machine without
 CUDA we initialise the gloo process group ourselves before the Runner (which then skips its own
@@ -15,8 +19,14 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from .checkpoint import enable_safe_resume
+from .runner import ResilientRunner
 
-__all__ = ['init_distributed', 'build_runner']
+__all__ = ['init_distributed', 'make_resilient', 'build_runner']
+
+# mmengine types replaced by their densevit subclasses (same arguments, see their modules)
+_RESUMABLE_SAMPLERS = {'DefaultSampler': 'ResumableDefaultSampler',
+                       'InfiniteSampler': 'ResumableInfiniteSampler'}
+_CHECKPOINT_HOOKS = ('CheckpointHook', 'mmengine.CheckpointHook')
 
 
 def init_distributed(cfg: Config, launcher: str) -> None:
@@ -44,11 +54,40 @@ def init_distributed(cfg: Config, launcher: str) -> None:
     cfg.model_wrapper_cfg = wrapper
 
 
+def make_resilient(cfg: Config) -> bool:
+    """Edit ``cfg`` in place for safe checkpoints and exact resume: ``SafeCheckpointHook`` for
+    mmengine's ``CheckpointHook``, resumable train samplers, ``ValRngIsolationHook``. Returns
+    ``skip_nonfinite``, popped from the optim wrapper config (mmengine's wrappers do not take it)."""
+    skip = False
+    if isinstance(cfg.get('optim_wrapper'), dict):
+        skip = bool(cfg.optim_wrapper.pop('skip_nonfinite', False))
+    hooks = cfg.get('default_hooks')
+    hooks = dict(hooks) if hooks is not None else {}
+    checkpoint = hooks.get('checkpoint', dict(type='CheckpointHook', interval=1))
+    if isinstance(checkpoint, dict) and checkpoint.get('type') in _CHECKPOINT_HOOKS:
+        hooks['checkpoint'] = dict(checkpoint, type='SafeCheckpointHook')
+    cfg.default_hooks = hooks
+    loader = cfg.get('train_dataloader')
+    if isinstance(loader, dict) and isinstance(loader.get('sampler'), dict):
+        sampler = loader['sampler']
+        kind = str(sampler.get('type')).split('.')[-1]
+        if kind in _RESUMABLE_SAMPLERS:
+            loader['sampler'] = dict(sampler, type=_RESUMABLE_SAMPLERS[kind])
+    custom = list(cfg.get('custom_hooks') or [])
+    if not any(isinstance(h, dict) and h.get('type') == 'ValRngIsolationHook' for h in custom):
+        cfg.custom_hooks = custom + [dict(type='ValRngIsolationHook')]
+    return skip
+
+
 def build_runner(cfg: Config, launcher: str = 'none') -> Runner:
-    """A Runner for ``cfg``: allowlists the checkpoint globals a resume needs, sets up the process
-    group for ``launcher``, and fills in densevit's default scope."""
+    """A ``ResilientRunner`` for ``cfg``: allowlists the checkpoint globals a resume needs, sets up
+    the process group for ``launcher``, fills in densevit's default scope and makes the run
+    resilient (``make_resilient``)."""
     enable_safe_resume()
     cfg.launcher = launcher
     cfg.setdefault('default_scope', 'densevit')
     init_distributed(cfg, launcher)
-    return Runner.from_cfg(cfg)
+    skip_nonfinite = make_resilient(cfg)
+    runner = ResilientRunner.from_cfg(cfg)
+    runner.skip_nonfinite = skip_nonfinite
+    return runner

@@ -72,6 +72,10 @@ class Detector(BaseModel):
         init_cfg: mmengine init config.
     """
 
+    # raise FloatingPointError on a NaN/inf loss; the engine turns it off when the optim wrapper
+    # skips such steps instead (``skip_nonfinite``)
+    check_finite_loss = True
+
     def __init__(self, *, backbone: dict, head: dict, neck: dict | list[dict] | None = None,
                  data_preprocessor: dict | None = None, test_cfg: dict | None = None,
                  backbone_checkpoint: str | None = None, init_cfg: dict | None = None) -> None:
@@ -188,7 +192,8 @@ class Detector(BaseModel):
         targets = self.targets(data_samples, tuple(inputs.shape[-2:]), inputs.device)
         features = self.extract_feat(inputs)
         losses = self.head.loss(features, self._padding_mask(inputs, data_samples), targets)
-        self._check_finite(losses, data_samples)
+        if self.check_finite_loss:
+            self._check_finite(losses, data_samples)
         return losses
 
     def predict(self, inputs: torch.Tensor, data_samples: Sequence | None = None) -> list:

@@ -156,6 +156,7 @@ class PromptableSegmenter(BaseModel):
     """
 
     mask_threshold = 0.0  # a pixel is in the mask where its logit > 0, as segment-anything's Sam
+    check_finite_loss = True  # as Detector's: off when the optim wrapper skips non-finite steps
     image_format = 'RGB'
 
     def __init__(self, *, backbone: dict, neck: dict | list[dict] | None = None,
@@ -318,7 +319,8 @@ class PromptableSegmenter(BaseModel):
             losses = {name: zero for name in totals}
         else:
             losses = {name: value / count for name, value in totals.items()}
-        Detector._check_finite(losses, data_samples)
+        if self.check_finite_loss:
+            Detector._check_finite(losses, data_samples)
         return losses
 
     def _training_masks(self, sample, size: tuple[int, int]) -> torch.Tensor:

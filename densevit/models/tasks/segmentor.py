@@ -13,6 +13,7 @@ from torch import nn
 from ...checkpoint.loading import load_backbone_checkpoint
 from ...registry import MODELS
 from ...structures import DataSample, PixelData
+from .detector import Detector
 
 __all__ = ['Segmentor', 'slide_windows']
 
@@ -58,6 +59,10 @@ class Segmentor(BaseModel):
             keys of whole-model converters go to the backbone / neck).
         init_cfg: mmengine init config.
     """
+
+    # raise FloatingPointError on a NaN/inf loss; the engine turns it off when the optim wrapper
+    # skips such steps instead (``skip_nonfinite``)
+    check_finite_loss = True
 
     def __init__(self, *, backbone: dict, decode_head: dict, neck: dict | None = None,
                  auxiliary_head: dict | list[dict] | None = None,
@@ -222,6 +227,8 @@ class Segmentor(BaseModel):
             prefix = 'aux' if len(self.auxiliary_heads) == 1 else f'aux_{i}'
             losses.update({f'{prefix}.{k}': v for k, v in head.loss(features,
                                                                     data_samples).items()})
+        if self.check_finite_loss:
+            Detector._check_finite(losses, data_samples)
         return losses
 
     def predict(self, inputs: torch.Tensor, data_samples: Sequence | None = None) -> list:

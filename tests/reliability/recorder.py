@@ -1,0 +1,58 @@
+"""A test hook that writes what each training step saw, and can stop a run in its tracks.
+
+Imported by the reliability tests' configs (``custom_imports``), in the test process and in
+``tools/train.py`` subprocesses. It reads the batch only, never a random generator, so recording
+does not change the run it records.
+"""
+from __future__ import annotations
+
+import json
+import os
+import os.path as osp
+import time
+
+from mmengine.hooks import Hook
+
+from densevit.registry import HOOKS
+
+
+def _append(path: str, record: dict) -> None:
+    with open(path, 'a') as f:  # one flushed line per event: survives a SIGKILL right after
+        f.write(json.dumps(record) + '\n')
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_records(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+@HOOKS.register_module()
+class StepRecorder(Hook):
+    """Appends, per training step, the iteration, the epoch, the image names of the batch and the
+    sum of its (augmented) pixels; per validation, the metrics. With ``block_after`` it writes
+    ``<path>.blocked`` after that iteration's step and sleeps until killed."""
+
+    priority = 'VERY_LOW'
+
+    def __init__(self, path: str, block_after: int | None = None) -> None:
+        self.path, self.block_after = path, block_after
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        samples = data_batch['data_samples']
+        _append(self.path, dict(
+            iter=runner.iter, epoch=runner.epoch,
+            images=[osp.basename(s.metainfo['img_path']) for s in samples],
+            pixels=float(sum(float(x.double().sum()) for x in data_batch['inputs']))))
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self.block_after is not None and runner.iter == self.block_after:
+            with open(self.path + '.blocked', 'w') as f:
+                f.write(str(runner.iter))
+            while True:
+                time.sleep(1)
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        _append(self.path, dict(val_at=runner.iter,
+                                metrics={k: float(v) for k, v in (metrics or {}).items()}))
