@@ -28,7 +28,7 @@ from pycocotools import mask as mask_utils
 from densevit.registry import TRANSFORMS
 from densevit.structures import DataSample, InstanceData, PixelData
 
-__all__ = ['build_pipeline', 'LoadImageFromFile', 'LoadAnnotations', 'Resize', 'RandomResize',
+__all__ = ['build_pipeline', 'read_image', 'LoadImageFromFile', 'LoadAnnotations', 'Resize', 'RandomResize',
            'RandomCrop', 'RandomFlip', 'PhotoMetricDistortion', 'LargeScaleJitter', 'Pad',
            'PackSegInputs', 'PackDetInputs', 'ClipBoxes', 'RandomChoiceResize', 'RandomSizeCrop',
            'RandomChoice', 'adjust_saturation', 'shift_hue', 'pil_resize']
@@ -184,19 +184,50 @@ def _rescaled_size(h: int, w: int, scale: tuple[int, int], keep_ratio: bool) -> 
 
 # ------------------------------------------------------------------------------------ loading
 
+def _jpeg_is_truncated(data: bytes) -> bool:
+    """Whether JPEG bytes stop before the image's end-of-image marker (FFD9).
+
+    OpenCV's ``imread`` decodes a truncated JPEG without error and fills the missing rows with
+    grey (libjpeg only prints "Premature end of JPEG file"). Inside entropy-coded data every FF
+    byte is followed by 00 or a restart marker, so FFD9 after the last start-of-scan (FFDA) marks
+    a complete image; bytes appended after it (some cameras do) are allowed.
+    """
+    return data.rfind(b'\xff\xd9') < data.rfind(b'\xff\xda')
+
+
+def read_image(path: str) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB, upright, or raise an error naming the file.
+
+    Grayscale is replicated to three channels, the alpha channel of RGBA is dropped, palette
+    PNGs are expanded to their colours, 16-bit images keep their high byte (value >> 8) and an
+    EXIF orientation tag is applied (the picture is returned as a viewer shows it, as PIL's
+    ``ImageOps.exif_transpose`` and detectron2 do), all by OpenCV's ``IMREAD_COLOR``. A missing,
+    empty, truncated (JPEG) or undecodable file raises ``FileNotFoundError`` or ``OSError``.
+    """
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'image file {path} does not exist')
+    with open(path, 'rb') as f:
+        data = f.read()
+    if not data:
+        raise OSError(f'image file {path} is empty (0 bytes)')
+    if data[:2] == b'\xff\xd8' and _jpeg_is_truncated(data):
+        raise OSError(f'image file {path} is a truncated JPEG (no end-of-image marker after its '
+                      f'last scan; {len(data)} bytes)')
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise OSError(f'image file {path} could not be decoded (not a readable image, or '
+                      f'damaged; starts with {data[:8]!r})')
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
 @TRANSFORMS.register_module()
 class LoadImageFromFile:
-    """Read ``results['img_path']`` as an (H, W, 3) uint8 RGB image and set ``ori_shape``,
-    ``img_shape``, ``pad_shape``, ``scale_factor`` (1, 1) and ``flip`` False."""
+    """Read ``results['img_path']`` as an (H, W, 3) uint8 RGB image (see :func:`read_image`:
+    upright, three channels, bad files named) and set ``ori_shape``, ``img_shape``,
+    ``pad_shape``, ``scale_factor`` (1, 1) and ``flip`` False."""
 
     def __call__(self, results: dict) -> dict:
-        path = results['img_path']
-        if not osp.isfile(path):
-            raise FileNotFoundError(f'image file {path} does not exist')
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
-        if img is None:
-            raise OSError(f'image file {path} could not be decoded (not a readable image)')
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        img = read_image(results['img_path'])
         h, w = img.shape[:2]
         results.update(img=img, ori_shape=(h, w), img_shape=(h, w), pad_shape=(h, w),
                        scale_factor=(1.0, 1.0), flip=False, flip_direction=None)
@@ -268,8 +299,9 @@ class LoadAnnotations:
         if seg is None:
             raise OSError(f'label map {path} could not be decoded')
         if seg.ndim != 2 or seg.dtype != np.uint8:
-            raise ValueError(f'label map {path} must be a single-channel uint8 PNG, got shape '
-                             f'{seg.shape} dtype {seg.dtype}')
+            raise ValueError(f'label map {path} must be a single-channel uint8 PNG of class '
+                             f'ids, got shape {seg.shape} dtype {seg.dtype} (an RGB or palette '
+                             f'PNG holds colours: convert it to one channel of ids)')
         ori = tuple(results.get('ori_shape', results['img'].shape[:2]))
         if seg.shape != ori:
             raise ValueError(f'label map {path} has size (h, w) {seg.shape}, but image '
@@ -295,17 +327,22 @@ class LoadAnnotations:
     def _load_instances(self, results: dict) -> None:
         instances = results.get('instances', [])
         n = len(instances)
+        shape = results.get('ori_shape')
+        if shape is None and 'img' in results:
+            shape = results['img'].shape[:2]
+        h, w = tuple(shape) if shape is not None else (results['height'], results['width'])
+        if 'height' in results and (results['height'], results['width']) != (h, w):
+            # e.g. an EXIF-rotated file whose annotation was drawn on the stored (sideways)
+            # pixels: the boxes would land in the wrong place
+            raise ValueError(f'image {results.get("img_path")} has size (h, w) {(h, w)} as loaded '
+                             f'(upright, EXIF orientation applied), but its annotation (img_id '
+                             f'{results.get("img_id")}) says {(results["height"], results["width"])}')
         if self.with_bbox:
             results['gt_bboxes'] = np.array([i['bbox'] for i in instances],
                                             np.float32).reshape(n, 4)
             results['gt_bboxes_labels'] = np.array([i['bbox_label'] for i in instances], np.int64)
             results['gt_ignore_flags'] = np.array([i['ignore_flag'] for i in instances], bool)
         if self.with_mask:
-            h, w = tuple(results.get('ori_shape', results['img'].shape[:2]))
-            if 'height' in results and (results['height'], results['width']) != (h, w):
-                raise ValueError(f'image {results.get("img_path")} has size (h, w) {(h, w)}, '
-                                 f'but its annotation (img_id {results.get("img_id")}) says '
-                                 f'{(results["height"], results["width"])}')
             masks = np.zeros((n, h, w), np.uint8)
             for k, inst in enumerate(instances):
                 masks[k] = _decode_coco_mask(inst['mask'], h, w)
