@@ -15,6 +15,7 @@ from pycocotools.coco import COCO
 
 from densevit.registry import DATASETS
 
+from .bad_samples import BadSamplePolicy, too_many_bad
 from .metainfo import COCO_CLASSES, COCO_PALETTE, coco_metainfo
 from .transforms import build_pipeline
 
@@ -58,8 +59,76 @@ def _load_coco_json(ann_file: str, with_mask: bool) -> COCO:
     return coco
 
 
+class _AnnotationChecks:
+    """Checks of single annotations while a COCO file is read: drops degenerate geometry with a
+    counted warning, and raises on (``'raise'``) or counts and skips (``'skip'``) bad ones."""
+
+    def __init__(self, ann_file: str, policy: str) -> None:
+        self.ann_file = ann_file
+        self.policy = policy
+        self.dropped_boxes = 0
+        self.dropped_polygons = 0
+        self.bad_ids: dict[str, list] = {}
+
+    @property
+    def num_bad(self) -> int:
+        return sum(len(ids) for ids in self.bad_ids.values())
+
+    def bad(self, ann: dict, kind: str, detail: str = '') -> None:
+        """Raise on, or count, annotation ``ann`` that ``kind`` (a phrase) says is bad."""
+        if self.policy == 'raise':
+            raise ValueError(f'COCO annotation file {self.ann_file}: annotation id {ann["id"]} '
+                             f'{kind}{detail}')
+        self.bad_ids.setdefault(kind, []).append(ann['id'])
+
+    def segmentation(self, ann: dict, img: dict):
+        """The annotation's segmentation made safe for pycocotools, or None when it is bad."""
+        segm = ann['segmentation']
+        if isinstance(segm, list):
+            if not segm:
+                self.bad(ann, 'has an empty segmentation')
+                return None
+            # pycocotools reads a 4-number polygon as a box: keep polygons of 3+ (x, y) points
+            kept = [p for p in segm if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+            self.dropped_polygons += len(segm) - len(kept)
+            if not kept:
+                self.bad(ann, 'has no polygon with 3 or more points')
+                return None
+            return kept
+        if isinstance(segm, dict) and 'counts' in segm and 'size' in segm:
+            if list(segm['size']) != [img['height'], img['width']]:
+                self.bad(ann, 'has an RLE whose size differs from its image\'s',
+                         f': RLE size (h, w) {tuple(segm["size"])}, image {img["id"]} '
+                         f'{(img["height"], img["width"])}')
+                return None
+            return segm
+        self.bad(ann, 'has a segmentation that is neither polygons nor an RLE with counts and '
+                 'size', f': {str(segm)[:60]}')
+        return None
+
+    def report(self, num_annotations: int, max_bad_fraction: float) -> None:
+        """One warning per kind of drop or skip; an error if too many annotations are bad."""
+        messages = []
+        if self.dropped_boxes:
+            messages.append(f'dropped {self.dropped_boxes} annotations whose box has zero or '
+                            f'negative width or height')
+        if self.dropped_polygons:
+            messages.append(f'dropped {self.dropped_polygons} polygons with fewer than 3 points')
+        for reason, ids in self.bad_ids.items():
+            messages.append(f'skipped {len(ids)} bad annotations ({reason}; ids {ids[:5]}'
+                            f'{" ..." if len(ids) > 5 else ""})')
+        if too_many_bad(self.num_bad, num_annotations, max_bad_fraction):
+            raise ValueError(f'COCO annotation file {self.ann_file}: {self.num_bad} of '
+                             f'{num_annotations} annotations are bad, more than '
+                             f'max_bad_fraction={max_bad_fraction}: {"; ".join(messages)}')
+        for message in messages:
+            message = f'{self.ann_file}: {message}'
+            print_log(message, logger='current', level=logging.WARNING)
+            warnings.warn(message, stacklevel=3)
+
+
 @DATASETS.register_module()
-class CocoDataset(BaseDataset):
+class CocoDataset(BadSamplePolicy, BaseDataset):
     """COCO 2017 instances (``annotations/instances_*.json``) with images under
     ``data_root/data_prefix['img']``.
 
@@ -69,7 +138,11 @@ class CocoDataset(BaseDataset):
     ``LoadAnnotations``). Label i is ``metainfo['classes'][i]`` and COCO category
     ``metainfo['cat_ids'][i]``; a ``metainfo=dict(classes=subset)`` keeps only those categories.
     Annotations with zero or negative box width or height are dropped, with one warning counting
-    them. In training (not ``test_mode``) images without annotations are dropped when
+    them, and so are polygon parts with fewer than 3 points (as detectron2 does). An annotation
+    that points at a missing image id or an unknown category id, or (``with_mask``) has an empty
+    segmentation, no polygon of 3 or more points, or an RLE whose size is not its image's, is bad:
+    an error naming the file and the annotation id under ``on_bad_sample='raise'``, a counted,
+    logged skip under ``'skip'``. In training (not ``test_mode``) images without annotations are dropped when
     ``filter_cfg['filter_empty_gt']``, and images whose short side is below ``min_size``.
 
     Args:
@@ -85,6 +158,10 @@ class CocoDataset(BaseDataset):
         serialize_data: Keep data infos as one serialized buffer (mmengine ``BaseDataset``).
         indices: Keep only these samples (or the first N) (mmengine ``BaseDataset``).
         max_refetch: Retries with another index when the pipeline returns None.
+        on_bad_sample: ``'raise'`` or ``'skip'`` a bad image or annotation (see
+            ``densevit.datasets.bad_samples``).
+        max_bad_fraction: Under ``'skip'``, the run fails once more than this fraction of the
+            images, or of the annotations, is bad.
     """
 
     METAINFO = coco_metainfo()
@@ -100,7 +177,9 @@ class CocoDataset(BaseDataset):
                  lazy_init: bool = False,
                  serialize_data: bool = True,
                  indices: Optional[Union[int, Sequence[int]]] = None,
-                 max_refetch: int = 1000) -> None:
+                 max_refetch: int = 1000,
+                 on_bad_sample: str = 'raise',
+                 max_bad_fraction: float = 0.01) -> None:
         if data_prefix is None:
             data_prefix = dict(img='train2017/')
         if set(data_prefix) != {'img'}:
@@ -119,6 +198,8 @@ class CocoDataset(BaseDataset):
                                             for c in metainfo['classes'])
         self.with_mask = with_mask
         self.num_dropped_boxes = 0
+        self.num_bad_annotations = 0
+        self._set_bad_sample_policy(on_bad_sample, max_bad_fraction)
         super().__init__(ann_file=ann_file, metainfo=metainfo, data_root=data_root,
                          data_prefix=dict(data_prefix), filter_cfg=dict(filter_cfg),
                          indices=indices, serialize_data=serialize_data,
@@ -136,30 +217,43 @@ class CocoDataset(BaseDataset):
         cat_ids = [name_to_id[c] for c in classes]
         self._metainfo['cat_ids'] = tuple(cat_ids)
         cat_to_label = {cat_id: i for i, cat_id in enumerate(cat_ids)}
+        all_cat_ids = {c['id'] for c in coco.dataset['categories']}
+        images = {img['id']: img for img in coco.dataset['images']}
+        if len(images) != len(coco.dataset['images']):
+            raise ValueError(f'COCO annotation file {self.ann_file} has repeated image ids')
+        checks = _AnnotationChecks(self.ann_file, self.on_bad_sample)
+        per_image: dict = {img_id: [] for img_id in images}
+        for ann in coco.dataset['annotations']:
+            img = images.get(ann['image_id'])
+            if img is None:
+                checks.bad(ann, 'points at an image id not in images',
+                           f' ({ann["image_id"]})')
+                continue
+            if ann['category_id'] not in all_cat_ids:
+                checks.bad(ann, 'has a category id not in categories',
+                           f' ({ann["category_id"]})')
+                continue
+            if ann['category_id'] not in cat_to_label:
+                continue  # a category left out by metainfo classes
+            x, y, w, h = ann['bbox']
+            if w <= 0 or h <= 0:
+                checks.dropped_boxes += 1
+                continue
+            inst = dict(bbox=[x, y, x + w, y + h], bbox_label=cat_to_label[ann['category_id']],
+                        ignore_flag=bool(ann.get('iscrowd', 0)))
+            if self.with_mask:
+                inst['mask'] = checks.segmentation(ann, img)
+                if inst['mask'] is None:
+                    continue
+            per_image[img['id']].append(inst)
         img_dir = self.data_prefix['img']
-        data_list, dropped = [], 0
-        for img in coco.dataset['images']:
-            instances = []
-            for ann in coco.imgToAnns.get(img['id'], []):
-                if ann['category_id'] not in cat_to_label:
-                    continue
-                x, y, w, h = ann['bbox']
-                if w <= 0 or h <= 0:
-                    dropped += 1
-                    continue
-                inst = dict(bbox=[x, y, x + w, y + h], bbox_label=cat_to_label[ann['category_id']],
-                            ignore_flag=bool(ann.get('iscrowd', 0)))
-                if self.with_mask:
-                    inst['mask'] = ann['segmentation']
-                instances.append(inst)
-            data_list.append(dict(img_id=img['id'], img_path=osp.join(img_dir, img['file_name']),
-                                  height=img['height'], width=img['width'], instances=instances))
-        self.num_dropped_boxes = dropped
-        if dropped:
-            message = (f'{self.ann_file}: dropped {dropped} annotations whose box has zero or '
-                       f'negative width or height')
-            print_log(message, logger='current', level=logging.WARNING)
-            warnings.warn(message, stacklevel=2)
+        data_list = [dict(img_id=img['id'], img_path=osp.join(img_dir, img['file_name']),
+                          height=img['height'], width=img['width'],
+                          instances=per_image[img['id']])
+                     for img in coco.dataset['images']]
+        checks.report(len(coco.dataset['annotations']), self.max_bad_fraction)
+        self.num_dropped_boxes = checks.dropped_boxes
+        self.num_bad_annotations = checks.num_bad
         return data_list
 
     def filter_data(self) -> list[dict]:
