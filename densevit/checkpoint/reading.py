@@ -1,13 +1,22 @@
-"""Reading official checkpoint files without unpickling arbitrary objects."""
+"""Reading official checkpoint files without unpickling arbitrary objects.
+
+Three guards, each refusing the file with an error naming it: a torch checkpoint may reference
+(pickle GLOBAL) only torch's own weights-only allowlist and ``RESUME_GLOBALS``, checked before
+anything is unpickled and whatever else the process has added with
+``torch.serialization.add_safe_globals``; what it holds may contain no tensor subclass other
+than ``nn.Parameter``; a ``.pkl`` file may hold only numpy arrays and plain containers.
+"""
 from __future__ import annotations
 
+import io
 import pickle
+import zipfile
 
 import numpy as np
 import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 
-__all__ = ['read_state_dict', 'RESUME_GLOBALS']
+__all__ = ['read_state_dict', 'check_checkpoint_globals', 'check_plain_tensors', 'RESUME_GLOBALS']
 
 # detectron2 model-zoo files (.pkl) are plain pickles of numpy arrays; these are the only
 # globals they need.
@@ -32,6 +41,56 @@ def _numpy_globals() -> list:
 RESUME_GLOBALS = [HistoryBuffer, *_numpy_globals()]
 
 
+def _global_name(obj) -> str:
+    return f'{obj.__module__}.{obj.__qualname__}'
+
+
+def check_checkpoint_globals(path: str) -> None:
+    """Refuse a ``torch.save`` (zip) checkpoint whose pickle names any global outside torch's
+    weights-only allowlist and ``RESUME_GLOBALS``, or uses an opcode that the static scan does
+    not know (both ``pickle.UnpicklingError`` naming the file). Legacy (non-zip) files are left
+    to ``torch.load(weights_only=True)``.
+
+    ``torch.load(weights_only=True)`` also allows what any imported library has added with
+    ``add_safe_globals``; this scan allows only what densevit itself needs.
+    """
+    from torch import _weights_only_unpickler as weights_only
+    if not zipfile.is_zipfile(path):
+        return
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith('/data.pkl') or n == 'data.pkl']
+        if not pickles:
+            raise pickle.UnpicklingError(f'{path}: not a torch checkpoint (no data.pkl inside)')
+        data = archive.read(pickles[0])
+    allowed = set(weights_only._get_allowed_globals()) | {_global_name(g) for g in RESUME_GLOBALS}
+    try:
+        names = weights_only.get_globals_in_pkl(io.BytesIO(data))
+    except (pickle.UnpicklingError, EOFError) as e:
+        raise pickle.UnpicklingError(f'refusing checkpoint {path}: its pickle uses an opcode '
+                                     f'outside the weights-only subset ({e})') from None
+    refused = sorted(names - allowed)
+    if refused:
+        raise pickle.UnpicklingError(f'refusing checkpoint {path}: it references {refused}, '
+                                     f'outside the allowlist of weights (torch weights_only '
+                                     f'and densevit RESUME_GLOBALS)')
+
+
+def check_plain_tensors(obj, path: str, where: str = '') -> None:
+    """Refuse (TypeError naming the file and key) any tensor in ``obj`` (nested dicts, lists,
+    tuples) whose type is a subclass other than ``nn.Parameter``: a subclass runs its own code
+    on every operation (``__torch_function__``)."""
+    if isinstance(obj, torch.Tensor):
+        if type(obj) not in (torch.Tensor, torch.nn.Parameter):
+            raise TypeError(f'refusing checkpoint {path}: {where or "its content"} is a '
+                            f'{_global_name(type(obj))}, a tensor subclass')
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            check_plain_tensors(value, path, f'{where}.{key}' if where else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for k, value in enumerate(obj):
+            check_plain_tensors(value, path, f'{where}[{k}]')
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in _PKL_GLOBALS:
@@ -45,7 +104,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
 
     ``.pth``/``.pt``/``.bin`` files go through ``torch.load(weights_only=True)`` (with the few
     classes of a densevit training checkpoint allowed, ``RESUME_GLOBALS``); ``.pkl`` files
-    (detectron2) through a numpy-only unpickler; ``.safetensors`` through safetensors. Wrapper
+    (detectron2) through a numpy-only unpickler; ``.safetensors`` through safetensors. A torch
+    file referencing any other global, or holding a tensor subclass, is refused (see
+    :func:`check_checkpoint_globals`, :func:`check_plain_tensors`). Wrapper
     keys ``model``, ``state_dict`` and ``module`` are unwrapped.
     """
     if path.endswith('.safetensors'):
@@ -55,8 +116,10 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         with open(path, 'rb') as f:
             obj = _NumpyOnlyUnpickler(f, encoding='latin1').load()
     else:
+        check_checkpoint_globals(path)
         with torch.serialization.safe_globals(RESUME_GLOBALS):
             obj = torch.load(path, map_location='cpu', weights_only=True)
+        check_plain_tensors(obj, path)
     for wrapper in ('model', 'state_dict', 'module'):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

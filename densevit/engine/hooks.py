@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os.path as osp
+import re
 from typing import Sequence
 
 import numpy as np
@@ -9,9 +10,10 @@ from mmengine.hooks import Hook
 from mmengine.utils import mkdir_or_exist
 from PIL import Image, ImageDraw
 
+from densevit.datasets.transforms import read_image
 from densevit.registry import HOOKS
 
-__all__ = ['ShowResultHook', 'draw_sem_seg', 'draw_instances']
+__all__ = ['ShowResultHook', 'draw_sem_seg', 'draw_instances', 'safe_file_stem']
 
 
 def draw_sem_seg(image: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]],
@@ -47,9 +49,26 @@ def draw_instances(image: np.ndarray, bboxes: np.ndarray, labels: np.ndarray,
     return np.asarray(canvas)
 
 
+def safe_file_stem(path: str) -> str:
+    """A file stem made from ``path`` that cannot leave the folder it is written in.
+
+    Only the last path component counts (``../../x.jpg`` and ``/abs/x.jpg`` give ``x``); any
+    character other than letters, digits, ``-``, ``_`` and ``.`` becomes ``_`` and leading dots
+    are dropped, so the stem holds no separator and is neither ``.`` nor ``..``.
+    """
+    name = re.split(r'[\\/]', str(path))[-1]
+    stem = osp.splitext(name)[0] if not name.startswith('.') else name
+    stem = re.sub(r'[^A-Za-z0-9._-]', '_', stem).lstrip('.')
+    return stem or 'image'
+
+
 @HOOKS.register_module()
 class ShowResultHook(Hook):
     """Write each test image with its predictions drawn on it to ``out_dir`` (PNG, same stem).
+
+    The file name comes from the image's name only through :func:`safe_file_stem`, so a dataset
+    name such as ``../../x.jpg`` or an absolute path is written inside ``out_dir``; a stem met
+    twice gets ``_1``, ``_2``, ... rather than overwriting the first picture.
 
     Args:
         out_dir: folder for the drawings (created).
@@ -63,11 +82,12 @@ class ShowResultHook(Hook):
     def before_test(self, runner) -> None:
         mkdir_or_exist(self.out_dir)
         self._meta = runner.test_dataloader.dataset.metainfo
+        self._written: set[str] = set()
 
     def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         for sample in outputs or []:
             path = sample.metainfo['img_path']
-            image = np.asarray(Image.open(path).convert('RGB'))
+            image = read_image(path)  # upright (EXIF), as the predictions are
             if 'pred_sem_seg' in sample:
                 labels = sample.pred_sem_seg.data[0].cpu().numpy().astype(np.int64)
                 drawn = draw_sem_seg(image, labels, self._meta['palette'])
@@ -80,5 +100,18 @@ class ShowResultHook(Hook):
                                        self.score_thr)
             else:
                 continue
-            stem = osp.splitext(osp.basename(path))[0]
-            Image.fromarray(drawn).save(osp.join(self.out_dir, f'{stem}.png'))
+            Image.fromarray(drawn).save(self._out_path(path))
+
+    def _out_path(self, img_path: str) -> str:
+        """A new PNG path inside ``out_dir`` for the drawing of ``img_path``."""
+        stem = safe_file_stem(img_path)
+        name, k = stem, 0
+        while name in self._written:
+            k += 1
+            name = f'{stem}_{k}'
+        self._written.add(name)
+        out = osp.join(self.out_dir, f'{name}.png')
+        root = osp.realpath(self.out_dir)
+        if osp.dirname(osp.realpath(out)) != root:  # cannot happen with a safe stem; stay sure
+            raise ValueError(f'refusing to write {out}: outside {self.out_dir}')
+        return out
