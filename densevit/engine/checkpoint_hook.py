@@ -10,12 +10,17 @@ What mmengine 0.10.7's ``CheckpointHook`` lacks, and this subclass adds:
   new checkpoint is written and the pointer moved first; only then is the oldest one deleted.
 - A failed save is logged as one error line naming the file and the cause, then re-raised, which
   stops training at that step.
+- Temporary files that a killed save left in the checkpoint folder are removed when training
+  starts (they are complete or partial copies of a checkpoint that was never renamed into place).
 
 ``build_runner`` puts it in place of ``CheckpointHook`` (same arguments).
 """
 from __future__ import annotations
 
+import glob
+import os
 import os.path as osp
+import re
 
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
@@ -25,6 +30,9 @@ from densevit.registry import HOOKS
 from .atomic import atomic_write
 
 __all__ = ['SafeCheckpointHook']
+
+# what atomic_write names its temporary files, for checkpoints and the pointer
+_STALE = re.compile(r'^\.(?:.+\.pth|last_checkpoint)\.[A-Za-z0-9_]+\.tmp$')
 
 
 @HOOKS.register_module()
@@ -40,6 +48,16 @@ class SafeCheckpointHook(CheckpointHook):
         local = self.out_dir is None or '://' not in str(self.out_dir)
         if self.backend_args is None and self.file_client_args is None and local:
             self.backend_args = dict(backend='atomic_local')
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        if is_main_process() and self.backend_args == dict(backend='atomic_local'):
+            for folder in {self.out_dir, runner.work_dir}:
+                for stale in glob.glob(osp.join(folder, '.*.tmp')):
+                    if not _STALE.match(osp.basename(stale)):
+                        continue
+                    os.remove(stale)
+                    runner.logger.info(f'Removed {stale}, left by a save that was interrupted')
 
     def _save_checkpoint_with_step(self, runner, step, meta) -> None:
         outdated = None

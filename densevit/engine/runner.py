@@ -28,6 +28,7 @@ from mmengine.runner.base_loop import BaseLoop
 
 from densevit.registry import RUNNERS
 
+from .checkpoint import enable_safe_resume
 from .nonfinite import skip_nonfinite_steps
 from .train_state import capture_train_state, restore_train_state, seed_train_loader
 
@@ -42,6 +43,7 @@ def unreadable_reason(path: str) -> str | None:
     pickle and the zip index (a truncated file has lost its index and fails here)."""
     if not osp.isfile(path):
         return 'no such file'
+    enable_safe_resume()
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 -- every failure means "cannot resume from it"
