@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 import mmengine
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from densevit.apis import init_model, load_config
 from densevit.engine import build_runner, enable_safe_resume
@@ -84,10 +86,28 @@ def test_resume_equals_straight_training(ade20k_root, tmp_path):
                'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False'])
     metrics = json.loads(metrics_file.read_text())
     assert set(metrics) >= {'ade20k/mIoU', 'ade20k/mAcc', 'ade20k/aAcc'}
-    assert 0.0 <= metrics['ade20k/aAcc'] <= 100.0
     assert len(list((tmp_path / 'vis').glob('*.png'))) == 4
     predictions = mmengine.load(tmp_path / 'preds.pkl')  # written by this test run
     assert len(predictions) == 4 and predictions[0]['pred_sem_seg']['data'].shape[0] == 1
+    # The metrics, recomputed from the dumped predictions and the label PNGs read here (ADE20K:
+    # 0 unlabeled, k -> class k - 1), with a confusion matrix in numpy: mmseg's definitions
+    # (aAcc over labelled pixels; IoU and accuracy per class, NaN where undefined, then nanmean).
+    confusion = np.zeros((150, 150), dtype=np.int64)  # (label, prediction)
+    for record in predictions:
+        label = np.asarray(Image.open(record['seg_map_path'])).astype(np.int64) - 1
+        pred = record['pred_sem_seg']['data'][0].numpy().astype(np.int64)
+        assert pred.shape == label.shape  # predictions come at the original size
+        valid = label >= 0
+        confusion += np.bincount(label[valid] * 150 + pred[valid],
+                                 minlength=150 * 150).reshape(150, 150)
+    hits, labelled, predicted = np.diag(confusion), confusion.sum(1), confusion.sum(0)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        expected = {'aAcc': hits.sum() / labelled.sum(),
+                    'mIoU': np.nanmean(hits / (labelled + predicted - hits)),
+                    'mAcc': np.nanmean(hits / labelled)}
+    assert labelled.sum() > 0 and 0 < hits.sum() < labelled.sum()  # neither empty nor perfect
+    for name, value in expected.items():
+        assert metrics[f'ade20k/{name}'] == pytest.approx(100 * value, abs=0.006), name
     model = init_model(CONFIG, str(tmp_path / 'straight' / 'epoch_4.pth'),
                        cfg_options={'model.backbone.depth': 2,
                                     'model.backbone.pretrain_img_size': 64})
