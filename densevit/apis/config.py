@@ -99,7 +99,7 @@ def _read(config: str) -> Config:
     return Config.fromfile(config)
 
 
-def _implicit_class(path: list[str], node: dict, cfg: Config):
+def _implicit_class(path: list[str], node: dict):
     """The class a typeless config dict at ``path`` is built into by the Runner, if known."""
     if len(path) != 1:
         return None
@@ -114,14 +114,14 @@ def _implicit_class(path: list[str], node: dict, cfg: Config):
     return {'val_cfg': runner.ValLoop, 'test_cfg': runner.TestLoop}.get(key)
 
 
-def _module_accepts(node: dict, path: list[str], key: str, cfg: Config) -> bool:
-    """Whether the module built from config dict ``node`` (found at ``path``) takes keyword
-    ``key``: by its ``type`` (looked up in densevit's registries) or, for the Runner's typeless
-    dicts, by the class the Runner builds. A ``**kwargs`` constructor takes any keyword."""
+def _module_keywords(node: dict, path: list[str]) -> set[str] | None:
+    """The keywords the module built from config dict ``node`` (found at ``path``) accepts: by
+    its ``type`` (looked up in densevit's registries) or, for the Runner's typeless dicts, by the
+    class the Runner builds; None when any keyword may do (a ``**kwargs`` constructor)."""
     from densevit import registry
     from densevit.registry import accepted_keywords
     kind = node.get('type')
-    classes = []
+    classes, keywords = [], set()
     if isinstance(kind, str):
         for reg in vars(registry).values():
             if isinstance(reg, registry.Registry):
@@ -134,18 +134,18 @@ def _module_accepts(node: dict, path: list[str], key: str, cfg: Config) -> bool:
     elif inspect.isclass(kind):
         classes.append(kind)
     elif kind is None:
-        implicit = _implicit_class(path, node, cfg)
+        implicit = _implicit_class(path, node)
         classes += [implicit] if implicit is not None else []
         if path == ['optim_wrapper']:
             from mmengine.optim import OptimWrapper
             classes.append(OptimWrapper)
-            if key in ('constructor', 'paramwise_cfg'):  # read by the optimizer constructor
-                return True
+            keywords |= {'constructor', 'paramwise_cfg'}  # read by the optimizer constructor
     for cls in classes:
         accepted = accepted_keywords(cls) if inspect.isclass(cls) else None
-        if accepted is None or key in accepted:
-            return True
-    return False
+        if accepted is None:
+            return None
+        keywords.update(accepted)
+    return keywords
 
 
 def check_options(cfg: Config, options: dict) -> dict:
@@ -174,14 +174,15 @@ def check_options(cfg: Config, options: dict) -> dict:
             if isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
                 node = node[int(part)]
                 continue
-            is_leaf = depth == len(parts) - 1
-            if is_leaf and isinstance(node, dict) and (
-                    (depth == 0 and part in top_level)
-                    or (depth > 0 and _module_accepts(node, parts[:depth], part, cfg))):
-                break
+            keywords = top_level if depth == 0 else (
+                _module_keywords(node, parts[:depth]) if isinstance(node, dict) else set())
+            if depth == len(parts) - 1 and isinstance(node, dict) and (
+                    keywords is None or part in keywords):
+                break  # a new leaf that the module there accepts
             where = '.'.join(parts[:depth]) or 'the top level'
             if isinstance(node, dict):
-                close = difflib.get_close_matches(part, [str(k) for k in node], n=3, cutoff=0.5)
+                names = sorted({str(k) for k in node} | set(keywords or ()))
+                close = difflib.get_close_matches(part, names, n=3, cutoff=0.5)
                 hint = f'closest: {", ".join(close)}' if close else \
                     f'it has {", ".join(map(str, node)) or "no keys"}'
             elif isinstance(node, (list, tuple)):

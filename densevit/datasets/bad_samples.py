@@ -22,6 +22,7 @@ import multiprocessing
 from multiprocessing.context import get_spawning_popen
 from typing import Optional
 
+import numpy as np
 from mmengine.logging import print_log
 
 __all__ = ['BadSamplePolicy', 'BAD_SAMPLE_ERRORS', 'check_policy', 'too_many_bad']
@@ -45,7 +46,10 @@ def too_many_bad(num_bad: int, total: int, max_bad_fraction: float) -> bool:
 
 
 class _BadSampleLog:
-    """Flags of the samples found bad, in shared memory (one byte per sample) with their count.
+    """Flags of the samples found bad, one byte per sample in shared memory; the count is their
+    sum, so it is exact without a lock. Flagging is check-then-set without a lock (a lock made in
+    one multiprocessing context cannot be sent to workers of another): two workers meeting the
+    same new bad sample at the same instant may both log it, never count it twice.
 
     Shared with data loader workers by inheritance (fork) or while a worker is spawned; any other
     copy (``copy.deepcopy``, pickling to a file) gets a fresh, unshared log.
@@ -53,24 +57,21 @@ class _BadSampleLog:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._flags = multiprocessing.Array('b', size)  # zeros, with a lock
-        self._count = multiprocessing.RawValue('q', 0)  # guarded by the flags' lock
+        self._flags = multiprocessing.RawArray('b', max(size, 1))  # zeros
 
     def add(self, index: int) -> bool:
         """Flag ``index``; True when it was not flagged before."""
-        with self._flags.get_lock():
-            if self._flags[index]:
-                return False
-            self._flags[index] = 1
-            self._count.value += 1
-            return True
+        if self._flags[index]:
+            return False
+        self._flags[index] = 1
+        return True
 
     def __contains__(self, index: int) -> bool:
         return bool(self._flags[index])
 
     @property
     def count(self) -> int:
-        return int(self._count.value)
+        return int(np.frombuffer(self._flags, np.int8).sum())
 
     def __getstate__(self) -> dict:
         if get_spawning_popen() is not None:  # a worker being started: share the memory

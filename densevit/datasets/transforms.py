@@ -190,9 +190,11 @@ def _jpeg_is_truncated(data: bytes) -> bool:
     OpenCV's ``imread`` decodes a truncated JPEG without error and fills the missing rows with
     grey (libjpeg only prints "Premature end of JPEG file"). Inside entropy-coded data every FF
     byte is followed by 00 or a restart marker, so FFD9 after the last start-of-scan (FFDA) marks
-    a complete image; bytes appended after it (some cameras do) are allowed.
+    a complete image; bytes appended after it (some cameras do) are allowed. A file cut before
+    its first scan has no FFDA at all.
     """
-    return data.rfind(b'\xff\xd9') < data.rfind(b'\xff\xda')
+    last_scan = data.rfind(b'\xff\xda')
+    return last_scan < 0 or data.rfind(b'\xff\xd9') < last_scan
 
 
 def read_image(path: str) -> np.ndarray:
