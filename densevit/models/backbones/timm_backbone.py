@@ -19,11 +19,11 @@ their pretraining one, the frozen BatchNorm and frozen early stages of the DETR 
 (``norm_eval``, ``frozen_modules``), and the per-level output LayerNorms that mmseg's and
 transformers' ConvNeXt backbones put on every map they return (``out_norm='LN2d'``).
 
-The padding is the one default that departs from the official segmentation ConvNeXt: its stride-4
-stem and stride-2 downsampling drop remainder rows and columns, so at a size 32 does not divide
-mmseg and transformers compute floor-sized maps of the unpadded image. ``pad_input=False`` runs
-the model as they do (UperNet checkpoints converted with ``hf_upernet`` need it to reproduce
-their logits at such sizes).
+Two defaults differ from the segmentation ConvNeXt of mmseg and transformers: no output norms,
+and the padding. ConvNeXt's stride-4 stem and stride-2 downsampling drop remainder rows and
+columns, so at a size 32 does not divide mmseg and transformers compute floor-sized maps of the
+unpadded image. ``out_norm='LN2d', pad_input=False`` runs the model as they do (what UperNet
+checkpoints converted with ``hf_upernet`` need to reproduce their logits).
 """
 from __future__ import annotations
 
