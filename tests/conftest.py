@@ -3,8 +3,15 @@ import os
 import os.path as osp
 
 import pytest
+import torch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+# Under pytest-xdist each worker gets its share of the cores: two workers with two threads each
+# on a 2-core machine make every parallel kernel wait for a thread that another worker holds.
+if os.environ.get('PYTEST_XDIST_WORKER_COUNT'):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1)
+                              // int(os.environ['PYTEST_XDIST_WORKER_COUNT'])))
 
 
 @pytest.fixture(scope='session')
