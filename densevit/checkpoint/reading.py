@@ -92,10 +92,15 @@ def check_plain_tensors(obj, path: str, where: str = '') -> None:
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def __init__(self, file, path: str) -> None:
+        super().__init__(file, encoding='latin1')
+        self.path = path
+
     def find_class(self, module: str, name: str):
         if (module, name) not in _PKL_GLOBALS:
-            raise pickle.UnpicklingError(f'refusing to load {module}.{name} from a checkpoint '
-                                         '(only numpy arrays are allowed in .pkl files)')
+            raise pickle.UnpicklingError(f'refusing to load {module}.{name} from checkpoint '
+                                         f'{self.path} (only numpy arrays are allowed in .pkl '
+                                         f'files)')
         return super().find_class(module, name)
 
 
@@ -114,7 +119,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         obj = load_file(path)
     elif path.endswith('.pkl'):
         with open(path, 'rb') as f:
-            obj = _NumpyOnlyUnpickler(f, encoding='latin1').load()
+            obj = _NumpyOnlyUnpickler(f, path).load()
     else:
         check_checkpoint_globals(path)
         with torch.serialization.safe_globals(RESUME_GLOBALS):
