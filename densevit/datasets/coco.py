@@ -142,8 +142,9 @@ class CocoDataset(BadSamplePolicy, BaseDataset):
     that points at a missing image id or an unknown category id, or (``with_mask``) has an empty
     segmentation, no polygon of 3 or more points, or an RLE whose size is not its image's, is bad:
     an error naming the file and the annotation id under ``on_bad_sample='raise'``, a counted,
-    logged skip under ``'skip'``. In training (not ``test_mode``) images without annotations are dropped when
-    ``filter_cfg['filter_empty_gt']``, and images whose short side is below ``min_size``.
+    logged skip under ``'skip'``. In training (not ``test_mode``) images without annotations are
+    dropped when ``filter_cfg['filter_empty_gt']``, and images whose short side is below
+    ``min_size``.
 
     Args:
         ann_file: Annotation JSON, relative to ``data_root`` unless absolute.

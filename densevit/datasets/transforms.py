@@ -28,7 +28,8 @@ from pycocotools import mask as mask_utils
 from densevit.registry import TRANSFORMS
 from densevit.structures import DataSample, InstanceData, PixelData
 
-__all__ = ['build_pipeline', 'read_image', 'LoadImageFromFile', 'LoadAnnotations', 'Resize', 'RandomResize',
+__all__ = ['build_pipeline', 'read_image', 'LoadImageFromFile', 'LoadAnnotations', 'Resize',
+           'RandomResize',
            'RandomCrop', 'RandomFlip', 'PhotoMetricDistortion', 'LargeScaleJitter', 'Pad',
            'PackSegInputs', 'PackDetInputs', 'ClipBoxes', 'RandomChoiceResize', 'RandomSizeCrop',
            'RandomChoice', 'adjust_saturation', 'shift_hue', 'pil_resize']
@@ -338,7 +339,8 @@ class LoadAnnotations:
             # pixels: the boxes would land in the wrong place
             raise ValueError(f'image {results.get("img_path")} has size (h, w) {(h, w)} as loaded '
                              f'(upright, EXIF orientation applied), but its annotation (img_id '
-                             f'{results.get("img_id")}) says {(results["height"], results["width"])}')
+                             f'{results.get("img_id")}) says '
+                             f'{(results["height"], results["width"])}')
         if self.with_bbox:
             results['gt_bboxes'] = np.array([i['bbox'] for i in instances],
                                             np.float32).reshape(n, 4)
