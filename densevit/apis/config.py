@@ -78,8 +78,8 @@ def _missing_base(config: str) -> tuple[str, str] | None:
                 except ValueError:
                     continue
                 for base in [bases] if isinstance(bases, str) else list(bases):
-                    if '::' in base:  # a file of another installed package (mmengine scope)
-                        continue
+                    if '::' in base or '{{' in base:  # another package's file, or a variable
+                        continue                        # mmengine substitutes: its own check
                     base_path = osp.normpath(osp.join(osp.dirname(path), base))
                     if not osp.isfile(base_path):
                         return path, base_path
