@@ -72,6 +72,24 @@ def test_matches_bilinear_reference_forward_and_grads():
     assert (grads[1][1, 0].abs() > 0).any()
 
 
+def test_inference_path_matches_reference():
+    """Without autograd the op takes another path (weights multiplied into the samples in place,
+    the sum over points as a matrix-vector product); it must give the reference's values, as the
+    autograd path does, and leave its inputs as they were."""
+    value, shapes, locations, weights = _inputs(seed=7)
+    inputs = [t.clone() for t in (value, locations, weights)]
+    with torch.no_grad():
+        out = multi_scale_deformable_attention(value, shapes, locations, weights)
+    torch.testing.assert_close(out, reference_msda(value, SHAPES, locations, weights),
+                               atol=1e-10, rtol=1e-10)
+    for before, after in zip(inputs, (value, locations, weights)):
+        assert torch.equal(before, after)
+    autograd_out = multi_scale_deformable_attention(value.requires_grad_(), shapes, locations,
+                                                    weights)
+    assert autograd_out.requires_grad
+    torch.testing.assert_close(out, autograd_out.detach(), atol=1e-12, rtol=1e-12)
+
+
 def test_points_off_the_map_read_zero():
     """x = -1 or 2 is more than a pixel outside every level: all four corners read zero."""
     value, shapes, locations, weights = _inputs(seed=2)

@@ -107,26 +107,85 @@ def multi_scale_deformable_attention(value: torch.Tensor, spatial_shapes: Spatia
                                 attention_weights.dtype)
     value, sampling_locations, attention_weights = (
         t.to(dtype) for t in (value, sampling_locations, attention_weights))
+    if torch.is_grad_enabled() and any(
+            t.requires_grad for t in (value, sampling_locations, attention_weights)):
+        return _sample_autograd(value, shapes, sampling_locations, attention_weights)
+    return _sample_inference(value, shapes, sampling_locations, attention_weights)
+
+
+def _level_pieces(value: torch.Tensor, shapes: list[tuple[int, int]]) -> tuple[torch.Tensor, ...]:
+    """(B, S, heads, E) -> B*L pieces (H_l*W_l, heads, E), image-major: views, and one split, so
+    that the backward of value is a single cat into its layout."""
     bsz, total, heads, dim = value.shape
+    return value.reshape(bsz * total, heads, dim).split([h * w for h, w in shapes] * bsz)
+
+
+def _as_map(piece: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """(H*W, heads, E) -> (H, W, heads, E) -> (heads, E, H, W), a channels-last view: no copy, and
+    grid_sample gathers each corner's head_dim values from consecutive memory."""
+    return piece.unflatten(0, shape).permute(2, 3, 0, 1)
+
+
+def _sample_inference(value: torch.Tensor, shapes: list[tuple[int, int]],
+                      sampling_locations: torch.Tensor,
+                      attention_weights: torch.Tensor) -> torch.Tensor:
+    """The op without autograd, in as few multi-threaded kernels as the layout allows.
+
+    Per image and level: one ``grid_sample`` (heads as its batch), the attention weights
+    multiplied into its (heads, E, Q, P) samples in place, and the sum over the points added
+    into the (heads, E, Q) accumulator by one matrix-vector product with ones (BLAS's addmv:
+    accumulates without a zero fill or a temporary, and runs as one call). Besides the inputs
+    and the output only one image-level's samples are alive. Fewer kernels matter because every
+    multi-threaded kernel ends at a barrier: on a loaded machine each may wait a scheduler slice
+    for its second thread, and the reduction kernels (a zero fill and a sum per level) dominated
+    the decoder's time there.
+    """
+    bsz, _, heads, dim = value.shape
     levels = len(shapes)
-    # one piece per (image, level), image-major: (B, S, heads, E) -> (B*S, heads, E) -> B*L
-    # pieces (H_l*W_l, heads, E), views; one split, so backward is a single cat into value's layout
-    pieces = value.reshape(bsz * total, heads, dim).split([h * w for h, w in shapes] * bsz)
+    queries, points = sampling_locations.shape[1], sampling_locations.shape[4]
+    # [0, 1] -> grid_sample's [-1, 1] as -1 + 2 * x in one kernel; (B, Q, heads, L, P, 2)
+    # -> (B, L, heads, Q, P, 2) -> B*L grids (heads, Q, P, 2), contiguous (grid_sample reads a
+    # strided grid at half the speed)
+    grids = torch.add(sampling_locations.new_tensor(-1.0), sampling_locations, alpha=2)
+    grids = grids.permute(0, 3, 2, 1, 4, 5).flatten(0, 1)
+    # (B, Q, heads, L, P) -> (B, L, heads, Q, P) -> B*L weights (heads, Q, P)
+    weights = attention_weights.permute(0, 3, 2, 1, 4).flatten(0, 1)
+    ones = value.new_ones(points)
+    out = value.new_empty(bsz, heads, dim, queries)
+    for index, piece in enumerate(_level_pieces(value, shapes)):
+        image, level = divmod(index, levels)
+        sampled = F.grid_sample(_as_map(piece, shapes[level]), grids[index], mode='bilinear',
+                                padding_mode='zeros', align_corners=False)  # (heads, E, Q, P)
+        # (heads, E, Q, P) * (heads, 1, Q, P) -> (heads*E*Q, P) against ones -> (heads*E*Q,)
+        sampled = sampled.mul_(weights[index][:, None]).view(-1, points)
+        accumulator = out[image].view(-1)
+        if level:
+            accumulator.addmv_(sampled, ones)
+        else:
+            torch.mv(sampled, ones, out=accumulator)
+    # (B, heads, E, Q) -> (B, heads*E, Q) -> (B, Q, heads*E)
+    return out.flatten(1, 2).transpose(1, 2).contiguous()
+
+
+def _sample_autograd(value: torch.Tensor, shapes: list[tuple[int, int]],
+                     sampling_locations: torch.Tensor,
+                     attention_weights: torch.Tensor) -> torch.Tensor:
+    """The op through autograd: per image and level, one ``grid_sample`` (heads as its batch),
+    the samples weighted and summed over the points at once; only that level's samples are
+    alive besides the (heads, E, Q) accumulator (and what autograd keeps for backward)."""
+    bsz, _, heads, dim = value.shape
+    levels = len(shapes)
     # [0, 1] -> grid_sample's [-1, 1]; (B, Q, heads, L, P, 2) -> (B, L, heads, Q, P, 2)
     # -> B*L grids (heads, Q, P, 2), each contiguous
     grids = (2 * sampling_locations - 1).permute(0, 3, 2, 1, 4, 5).contiguous().flatten(0, 1)
     # (B, Q, heads, L, P) -> (B, L, heads, Q, P) -> B*L weights (heads, Q, P)
     weights = attention_weights.permute(0, 3, 2, 1, 4).contiguous().flatten(0, 1)
     outs: list[Optional[torch.Tensor]] = [None] * bsz
-    for index, (piece, grid, weight) in enumerate(zip(pieces, grids.unbind(0),
-                                                      weights.unbind(0))):
+    for index, (piece, grid, weight) in enumerate(zip(_level_pieces(value, shapes),
+                                                      grids.unbind(0), weights.unbind(0))):
         image, level = divmod(index, levels)
-        height, width = shapes[level]
-        # (H*W, heads, E) -> (H, W, heads, E) -> (heads, E, H, W), a channels-last view: no copy,
-        # and grid_sample gathers each corner's head_dim values from consecutive memory
-        level_value = piece.unflatten(0, (height, width)).permute(2, 3, 0, 1)
-        sampled = F.grid_sample(level_value, grid, mode='bilinear', padding_mode='zeros',
-                                align_corners=False)  # (heads, E, Q, P)
+        sampled = F.grid_sample(_as_map(piece, shapes[level]), grid, mode='bilinear',
+                                padding_mode='zeros', align_corners=False)  # (heads, E, Q, P)
         level_out = (sampled * weight[:, None]).sum(-1)  # (heads, E, Q)
         outs[image] = level_out if outs[image] is None else outs[image] + level_out
     out = torch.stack(outs)  # B x (heads, E, Q) -> (B, heads, E, Q)
