@@ -32,12 +32,21 @@ def read_records(path: str) -> list[dict]:
 class StepRecorder(Hook):
     """Appends, per training step, the iteration, the epoch, the image names of the batch and the
     sum of its (augmented) pixels; per validation, the metrics. With ``block_after`` it writes
-    ``<path>.blocked`` after that iteration's step and sleeps until killed."""
+    ``<path>.blocked`` after that iteration's step and sleeps until killed (only on rank
+    ``block_rank`` when given; the others go on). Under several processes each rank records to
+    ``<path>.rank<r>`` and writes its process id to ``<path>.pid<r>`` when training starts."""
 
     priority = 'VERY_LOW'
 
-    def __init__(self, path: str, block_after: int | None = None) -> None:
-        self.path, self.block_after = path, block_after
+    def __init__(self, path: str, block_after: int | None = None,
+                 block_rank: int | None = None) -> None:
+        self.path, self.block_after, self.block_rank = path, block_after, block_rank
+
+    def before_train(self, runner) -> None:
+        if runner.world_size > 1:
+            with open(f'{self.path}.pid{runner.rank}', 'w') as f:
+                f.write(str(os.getpid()))
+            self.path = f'{self.path}.rank{runner.rank}'
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         samples = data_batch['data_samples']
@@ -47,7 +56,8 @@ class StepRecorder(Hook):
             pixels=float(sum(float(x.double().sum()) for x in data_batch['inputs']))))
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if self.block_after is not None and runner.iter == self.block_after:
+        if self.block_after is not None and runner.iter == self.block_after and \
+                self.block_rank in (None, runner.rank):
             with open(self.path + '.blocked', 'w') as f:
                 f.write(str(runner.iter))
             while True:

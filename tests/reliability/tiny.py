@@ -33,7 +33,8 @@ val_dataloader = dict(num_workers=0, persistent_workers=False,
 test_dataloader = val_dataloader
 randomness = dict(seed=3, deterministic=True)
 log_processor = dict(by_epoch={by_epoch})
-custom_hooks = [dict(type='StepRecorder', path={record!r}, block_after={block_after!r})]
+custom_hooks = [dict(type='StepRecorder', path={record!r}, block_after={block_after!r},
+                     block_rank={block_rank!r})]
 {loop}
 """
 
@@ -56,11 +57,12 @@ default_hooks = dict(checkpoint=dict(by_epoch=False, interval=3, max_keep_ckpts=
 
 
 def write_config(folder, name: str, data_root: str, record: str, *, loop: str = 'epoch',
-                 block_after: int | None = None, extra: str = '') -> str:
+                 block_after: int | None = None, block_rank: int | None = None,
+                 extra: str = '') -> str:
     """Write a tiny config to ``folder/name.py`` and return its path."""
     epoch = loop == 'epoch'
     text = _TEMPLATE.format(base=BASE, data_root=data_root, record=record,
-                            block_after=block_after, by_epoch=epoch,
+                            block_after=block_after, block_rank=block_rank, by_epoch=epoch,
                             sampler='DefaultSampler' if epoch else 'InfiniteSampler',
                             loop=EPOCH_LOOP if epoch else ITER_LOOP) + extra
     path = osp.join(str(folder), f'{name}.py')
