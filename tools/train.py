@@ -16,8 +16,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--work-dir', help='where logs and checkpoints go '
                         '(default: work_dirs/<config name>)')
     parser.add_argument('--resume', nargs='?', const='auto', metavar='CKPT',
-                        help='resume from CKPT, or from the latest checkpoint in the work dir '
-                        'when no path is given')
+                        help='resume from CKPT, or, when no path is given, from the newest '
+                        'checkpoint of the work dir that loads (an unreadable newest one is '
+                        'skipped for the previous one, with a warning)')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision (float16 on GPU, bfloat16 autocast on CPU)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},

@@ -57,7 +57,8 @@ def init_distributed(cfg: Config, launcher: str) -> None:
 def make_resilient(cfg: Config) -> bool:
     """Edit ``cfg`` in place for safe checkpoints and exact resume: ``SafeCheckpointHook`` for
     mmengine's ``CheckpointHook``, resumable train samplers, ``ValRngIsolationHook``. Returns
-    ``skip_nonfinite``, popped from the optim wrapper config (mmengine's wrappers do not take it)."""
+    ``skip_nonfinite``, popped from the optim wrapper config (mmengine's wrappers do not take
+    it)."""
     skip = False
     if isinstance(cfg.get('optim_wrapper'), dict):
         skip = bool(cfg.optim_wrapper.pop('skip_nonfinite', False))
