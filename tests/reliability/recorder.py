@@ -1,4 +1,5 @@
-"""A test hook that writes what each training step saw, and can stop a run in its tracks.
+"""Test hooks: one writes what each training step saw and can stop a run in its tracks; one
+makes a step's loss NaN.
 
 Imported by the reliability tests' configs (``custom_imports``), in the test process and in
 ``tools/train.py`` subprocesses. It reads the batch only, never a random generator, so recording
@@ -12,6 +13,7 @@ import os.path as osp
 import time
 
 from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
 
 from densevit.registry import HOOKS
 
@@ -66,3 +68,22 @@ class StepRecorder(Hook):
     def after_val_epoch(self, runner, metrics=None) -> None:
         _append(self.path, dict(val_at=runner.iter,
                                 metrics={k: float(v) for k, v in (metrics or {}).items()}))
+
+
+@HOOKS.register_module()
+class NanLossAt(Hook):
+    """Makes the decode head's logits NaN in training step ``step`` (0-based), on rank ``rank``
+    only when given (so the loss turns NaN on one process while the others stay finite)."""
+
+    priority = 'HIGHEST'
+
+    def __init__(self, step: int, rank: int | None = None) -> None:
+        self.step, self.rank = step, rank
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        head = model.decode_head
+        head.__dict__.pop('forward', None)  # the class's forward again
+        if runner.iter == self.step and self.rank in (None, runner.rank):
+            forward = head.forward
+            head.forward = lambda features: forward(features) * float('nan')

@@ -37,14 +37,16 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
 
 # Deterministic tiny run: no random augmentation or drop path, plain SGD, and the cross-entropy
 # divided by all pixels, so the mean over 2 processes' halves is the mean over the whole batch.
+# Step 2's loss is NaN (on rank 1 only, with 2 processes) and skip_nonfinite is on.
 _SAME_BATCH = """
 model['backbone']['drop_path_rate'] = 0.0
 model['decode_head'] = dict(loss_decode=dict(type='CrossEntropyLoss', avg_non_ignore=False))
 train_dataloader['batch_size'] = {batch}
 train_dataloader['dataset']['pipeline'] = [t for t in _train if t['type'] not in
                                            ('RandomFlip', 'PhotoMetricDistortion')]
-optim_wrapper = dict(_delete_=True, type='OptimWrapper',
+optim_wrapper = dict(_delete_=True, type='OptimWrapper', skip_nonfinite=True,
                      optimizer=dict(type='SGD', lr=0.1, momentum=0.9))
+custom_hooks = custom_hooks + [dict(type='NanLossAt', step=1, rank={nan_rank})]
 param_scheduler = []
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=3, val_interval=100)
 default_hooks['checkpoint']['interval'] = 3
@@ -55,10 +57,13 @@ default_hooks['checkpoint']['interval'] = 3
 def test_two_processes_train_the_weights_of_one(ade20k_root, tmp_path):
     """A ViT segmentor (LayerNorm only, no batch statistics): 2 gloo processes x 2 images reach,
     after 3 SGD steps, the weights of 1 process x 4 images (the infinite sampler deals the same 4
-    images per step, split between the ranks)."""
+    images per step, split between the ranks). Step 2's loss is NaN on rank 1 alone: with
+    skip_nonfinite both ranks skip it, as the single process skips its NaN step (a rank stepping
+    alone would wait forever in DDP's all-reduce or end with other weights)."""
     configs = {name: write_config(tmp_path, name, ade20k_root, str(tmp_path / f'{name}.jsonl'),
-                                  loop='iter', extra=_SAME_BATCH.format(batch=batch))
-               for name, batch in (('one', 4), ('two', 2))}
+                                  loop='iter',
+                                  extra=_SAME_BATCH.format(batch=batch, nan_rank=nan_rank))
+               for name, batch, nan_rank in (('one', 4, None), ('two', 2, 1))}
     two = _tool('dist_train.sh', configs['two'], '2', '--work-dir', str(tmp_path / 'two'),
                 port=29631)
     threads = torch.get_num_threads()
@@ -70,6 +75,8 @@ def test_two_processes_train_the_weights_of_one(ade20k_root, tmp_path):
         torch.set_num_threads(threads)
     log = _finish(two)
     assert 'Distributed training: True' in log, log[-2000:]
+    assert one.message_hub.get_info('skipped_nonfinite') == 1
+    assert 'optimizer step skipped' in log and 'skipped_nonfinite: 1' in log, log[-3000:]
     enable_safe_resume()
     a, b = (torch.load(tmp_path / n / 'iter_3.pth', map_location='cpu', weights_only=True)
             for n in ('one', 'two'))
