@@ -113,6 +113,7 @@ def test_resume_falls_back_from_an_unreadable_newest_checkpoint(ade20k_root, tmp
     assert f'resuming from the previous one, {osp.join(work, "iter_4.pth")}' in lines[0]
 
 
+@pytest.mark.slow
 def test_resume_with_no_readable_checkpoint_fails_naming_them(ade20k_root, tmp_path):
     work = tmp_path / 'work'
     work.mkdir()
