@@ -1,49 +1,12 @@
 """Convert an official checkpoint to densevit's keys:
-``python tools/convert_checkpoint.py KIND IN OUT [--config CONFIG]``.
+``python tools/convert_checkpoint.py KIND IN OUT [--config CONFIG]`` (same as ``densevit convert``).
 
 KIND is one of the converters in densevit.checkpoint (timm_vit, mae, deit, sam, vitdet, segmenter,
 swin, nat, dinat, resnet, deformable_detr, dino, hf_upernet). With ``--config`` the converted
 weights are loaded into that config's model (its backbone for backbone-only kinds) and the load
-report is printed: missing, unexpected and resized keys.
+report is printed: missing, unexpected and resized keys. The code is densevit.cli.convert.
 """
-import argparse
-import os
-import os.path as osp
-
-import torch
-
-from densevit.checkpoint import converters, get_converter, load_state_dict
-from densevit.checkpoint.reading import read_state_dict
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('kind', help=f'one of: {", ".join(sorted(converters()))}')
-    parser.add_argument('src', help='official checkpoint (.pth, .pkl, .safetensors)')
-    parser.add_argument('dst', help='where to write the converted state dict (.pth)')
-    parser.add_argument('--config', help='check the result by loading it into this model')
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    convert = get_converter(args.kind)
-    state = convert(read_state_dict(args.src))
-    os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)
-    torch.save(state, args.dst)
-    print(f'wrote {len(state)} tensors to {args.dst}')
-    if args.config:
-        from densevit.apis import init_model
-        model = init_model(args.config)
-        # Whole-model converters (sam, vitdet, segmenter, deformable_detr, dino, hf_upernet)
-        # prefix their keys with the part they fill; the others give backbone keys without one.
-        whole = any(k.startswith(('backbone.', 'neck.', 'head.')) for k in state)
-        target = model if whole else model.backbone
-        report = load_state_dict(target, state, log=False)
-        print(report)
-        return report
-    return None
-
+from densevit.cli.convert import main, parse_args  # noqa: F401  (this script's interface)
 
 if __name__ == '__main__':
     main()

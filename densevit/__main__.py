@@ -1,0 +1,6 @@
+"""``python -m densevit SUBCOMMAND ...``: the ``densevit`` command."""
+import sys
+
+from densevit.cli import main
+
+sys.exit(main())
