@@ -10,6 +10,7 @@ from mmengine.config import Config
 from mmengine.dataset import Compose, pseudo_collate
 from torch import nn
 
+from densevit.checkpoint.reading import check_checkpoint_globals, check_plain_tensors
 from densevit.engine.checkpoint import enable_safe_resume
 from densevit.registry import MODELS
 from densevit.structures import DataSample
@@ -24,7 +25,8 @@ def init_model(config: str | Config, checkpoint: str | None = None, device: str 
     """Build ``config``'s model, load ``checkpoint`` (a densevit/mmengine training checkpoint or a
     bare state dict) and put it in eval mode on ``device``.
 
-    The checkpoint is read with ``weights_only=True``. The model keeps its config as ``model.cfg``
+    The checkpoint is read with ``weights_only=True`` after densevit's own scan of its globals
+    (``densevit.checkpoint.reading``), and tensor subclasses are refused. The model keeps its config as ``model.cfg``
     and the dataset's metainfo (class names, palette) as ``model.dataset_meta`` when the
     checkpoint records it.
     """
@@ -35,7 +37,9 @@ def init_model(config: str | Config, checkpoint: str | None = None, device: str 
     model.dataset_meta = None
     if checkpoint is not None:
         enable_safe_resume()
+        check_checkpoint_globals(checkpoint)
         ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
+        check_plain_tensors(ckpt, checkpoint)
         state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
         if not isinstance(state, dict):
             raise ValueError(f'{checkpoint}: expected a dict with a state_dict, got '

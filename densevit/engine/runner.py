@@ -26,6 +26,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 from mmengine.runner.base_loop import BaseLoop
 
+from densevit.checkpoint.reading import check_checkpoint_globals
 from densevit.registry import RUNNERS
 
 from .checkpoint import enable_safe_resume
@@ -39,12 +40,14 @@ _STEP_FILE = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
 
 def unreadable_reason(path: str) -> str | None:
     """Why ``path`` is not a loadable training checkpoint, or None if it is. Loads with
-    ``weights_only=True`` and memory-mapped tensors, so the check reads little more than the
+    ``weights_only=True`` (after densevit's own scan of the pickle's globals) and memory-mapped
+    tensors, so the check reads little more than the
     pickle and the zip index (a truncated file has lost its index and fails here)."""
     if not osp.isfile(path):
         return 'no such file'
     enable_safe_resume()
     try:
+        check_checkpoint_globals(path)  # densevit's own allowlist, whatever others added
         checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 -- every failure means "cannot resume from it"
         return f'{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}'.strip()
@@ -91,6 +94,10 @@ class ResilientRunner(Runner):
                                  'starts from the beginning')
                 self._resume = False
         resumed = bool(self._resume and self._load_from)
+        if self._load_from and osp.isfile(self._load_from):
+            # torch's weights-only allowlist is process-wide and other libraries extend it;
+            # densevit's scan allows only what its own checkpoints need
+            check_checkpoint_globals(self._load_from)
         super().load_or_resume()
         if isinstance(self._train_loop, BaseLoop):
             self._prepare_training(resumed)

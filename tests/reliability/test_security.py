@@ -18,6 +18,7 @@ from PIL import Image
 from densevit.checkpoint.reading import check_plain_tensors, read_state_dict
 from densevit.engine.checkpoint import enable_safe_resume
 from densevit.engine.hooks import ShowResultHook, safe_file_stem
+from densevit.engine.runner import ResilientRunner
 from densevit.structures import DataSample, PixelData
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -110,6 +111,33 @@ def test_resume_loading_refuses_code_and_tensor_subclasses(tmp_path):
         _load_checkpoint(path, map_location='cpu')
     with pytest.raises(pickle.UnpicklingError, match='_Tagged'):
         _load_checkpoint(_subclass_checkpoint(tmp_path), map_location='cpu')
+    assert not osp.exists(marker)
+
+
+def test_resume_refuses_code_even_when_the_process_allows_it(tmp_path):
+    """The Runner checks the file against densevit's own allowlist before mmengine loads it, and
+    --resume's search treats such a file as unreadable."""
+    from densevit.engine.runner import unreadable_reason
+    enable_safe_resume()
+    path, marker = _payload(tmp_path)
+    with torch.serialization.safe_globals([os.system]):
+        assert 'posix.system' in unreadable_reason(path)
+        runner = object.__new__(ResilientRunner)
+        runner._has_loaded, runner._resume, runner._load_from = False, True, path
+        with pytest.raises(pickle.UnpicklingError, match='posix.system'):
+            runner.load_or_resume()
+    assert not osp.exists(marker)
+
+
+def test_init_model_refuses_code_and_tensor_subclasses(tmp_path):
+    from densevit.apis import init_model
+    config = osp.join(ROOT, 'configs/quickstart/upernet_resnet18_ade20k.py')
+    path, marker = _payload(tmp_path)
+    with torch.serialization.safe_globals([os.system]):
+        with pytest.raises(pickle.UnpicklingError, match='posix.system'):
+            init_model(config, path)
+    with pytest.raises(pickle.UnpicklingError, match='_Tagged'):
+        init_model(config, _subclass_checkpoint(tmp_path))
     assert not osp.exists(marker)
 
 
