@@ -30,7 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--show-dir', help='draw predictions on the images into this folder')
     parser.add_argument('--metrics-out', help='write the final metrics as one flat JSON object')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
-                        help='override config keys, e.g. data_root=data/other/')
+                        help='override config keys, e.g. data_root=data/other/; a key must '
+                        'exist in the config or be a keyword of the module there: write '
+                        '+key=value to add a new one')
     parser.add_argument('--launcher', choices=['none', 'pytorch'], default='none')
     parser.add_argument('--local-rank', '--local_rank', type=int, default=0,
                         help=argparse.SUPPRESS)

@@ -23,7 +23,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='mixed precision (float16 on GPU, bfloat16 autocast on CPU)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config keys, e.g. data_root=data/other/ '
-                        'train_cfg.max_iters=100')
+                        'train_cfg.max_iters=100; a key must exist in the config or be a keyword '
+                        'of the module there: write +key=value to add a new one')
     parser.add_argument('--launcher', choices=['none', 'pytorch'], default='none',
                         help="'pytorch' under torchrun (tools/dist_train.sh)")
     parser.add_argument('--local-rank', '--local_rank', type=int, default=0,
