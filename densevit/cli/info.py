@@ -148,7 +148,8 @@ def count_flops(model, size: tuple[int, int]) -> tuple[int, dict[str, int], str]
             return features
 
     x = torch.zeros(1, 3, *size)
-    candidates = [(model, 'the whole model (mode=\'tensor\': no post-processing)')]
+    candidates = [(model, 'one forward in mode=\'tensor\' (raw outputs, no post-processing; '
+                   'for a PromptableSegmenter the image embedding)')]
     if hasattr(model, 'backbone'):
         candidates.append((_Features(model), 'backbone and neck only (the whole model does not '
                            'trace)'))
@@ -256,6 +257,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         size, source = tuple(args.size), '--size'
     else:
         size, source = input_size(cfg)
+        divisor = (cfg.model.get('data_preprocessor') or {}).get('size_divisor')
+        if divisor and f'{size[0]}' not in source:
+            source += f', padded to a multiple of {divisor}'
     info = dict(config=args.config, model=cfg.model.type, parameters=total, parts=parts,
                 input_size=size)
 
