@@ -3,8 +3,8 @@
 # differ by shape (things) and by texture and place (stuff), never by colour; of the backbones
 # measured for this budget (BENCHMARKS.md, "Quickstart candidates"), the small CNN learned
 # fastest: 400 training iterations of a from-scratch ViT barely leave the class prior.
-# Reaches val mIoU 36.2 on the stand-in (12 epochs, 300 iterations; the previous ViT-tiny recipe
-# reaches 12.4 on the same data); the same images with every colour redrawn score 36.0. Within
+# Reaches val mIoU 35.6 on the stand-in (12 epochs, 300 iterations; the previous ViT-tiny recipe
+# reaches 12.4 on the same data); the same images with every colour redrawn score 35.4. Within
 # this budget it learns the stuff classes (textures and places); the outlines of the thing
 # classes need a longer schedule.
 # No auxiliary head: at 150 classes the loss on full-resolution logits costs as much as the
