@@ -3,17 +3,25 @@
 ``multi_scale_deformable_attention(value, spatial_shapes, sampling_locations, attention_weights)``
 takes the layout of Deformable DETR's ``ms_deform_attn_core_pytorch`` and samples as its CUDA
 kernel does: bilinear, ``align_corners=False`` pixel centres, zeros outside the map. Every query
-reads ``points`` bilinear samples per level and head and returns their weighted sum. Forward and
-backward go through autograd (``F.grid_sample``); there is no compiled op.
+reads ``points`` bilinear samples per level and head and returns their weighted sum. Sampling and
+its backward are ``F.grid_sample``'s kernels; there is no compiled op.
 
 Unlike the reference, which stacks every level's samples into one (B*heads, head_dim, Q, L*P)
 tensor before weighting them, the op loops over images and levels: one ``grid_sample`` call samples
-all heads and points of a level, the samples are weighted and summed over the points at once, and
-only that level's samples are alive besides the (heads, head_dim, Q) accumulator. Nor does it copy
-``value`` into grid_sample's (N, C, H, W) layout as the reference does: with the heads as N, a
-level of one image is a channels-last view of ``value``, which grid_sample reads as it is (and
-faster: each corner's head_dim values are consecutive in memory). The gradient of ``value`` comes
-back through one cat of the pieces' gradients, already in ``value``'s layout.
+all heads and points of a level of one image, the samples are weighted, and their sum over the
+points is added into the (heads, head_dim, Q) accumulator by one matrix-vector product with ones
+(BLAS addmv: no zero fill, no temporary, one call). Only that level's samples are alive besides the
+accumulator (with gradients, autograd keeps each level's samples for the weights' gradient, as it
+does for the reference). Nor does it copy ``value`` into grid_sample's (N, C, H, W) layout as the
+reference does: with the heads as N, a level of one image is a channels-last view of ``value``,
+which grid_sample reads as it is (and faster: each corner's head_dim values are consecutive in
+memory).
+
+The loop is written for few multi-threaded kernels, because every such kernel ends at a barrier,
+and on a machine shared with other work each may wait a scheduler slice for its second thread:
+without gradients the weights are multiplied into the samples in place; with them, a hand-written
+backward (``_SampleFunction``) writes each level's gradients straight into the gradients' final
+layouts instead of autograd's per-level stacks, cats and sums.
 
 ``MultiScaleDeformableAttention`` is the module around it, with the official submodule names
 (``sampling_offsets``, ``attention_weights``, ``value_proj``, ``output_proj``) and initialisation.
@@ -26,6 +34,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 __all__ = ['multi_scale_deformable_attention', 'MultiScaleDeformableAttention']
 
@@ -107,10 +116,12 @@ def multi_scale_deformable_attention(value: torch.Tensor, spatial_shapes: Spatia
                                 attention_weights.dtype)
     value, sampling_locations, attention_weights = (
         t.to(dtype) for t in (value, sampling_locations, attention_weights))
+    grids, weights = _grids_and_weights(sampling_locations, attention_weights)
     if torch.is_grad_enabled() and any(
             t.requires_grad for t in (value, sampling_locations, attention_weights)):
-        return _sample_autograd(value, shapes, sampling_locations, attention_weights)
-    return _sample_inference(value, shapes, sampling_locations, attention_weights)
+        # a strided value is copied once here, so that backward writes one contiguous gradient
+        return _SampleFunction.apply(value.contiguous(), grids, weights, shapes)
+    return _sample(value, shapes, grids, weights)
 
 
 def _level_pieces(value: torch.Tensor, shapes: list[tuple[int, int]]) -> tuple[torch.Tensor, ...]:
@@ -126,76 +137,101 @@ def _as_map(piece: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return piece.unflatten(0, shape).permute(2, 3, 0, 1)
 
 
-def _sample_inference(value: torch.Tensor, shapes: list[tuple[int, int]],
-                      sampling_locations: torch.Tensor,
-                      attention_weights: torch.Tensor) -> torch.Tensor:
-    """The op without autograd, in as few multi-threaded kernels as the layout allows.
-
-    Per image and level: one ``grid_sample`` (heads as its batch), the attention weights
-    multiplied into its (heads, E, Q, P) samples in place, and the sum over the points added
-    into the (heads, E, Q) accumulator by one matrix-vector product with ones (BLAS's addmv:
-    accumulates without a zero fill or a temporary, and runs as one call). Besides the inputs
-    and the output only one image-level's samples are alive. Fewer kernels matter because every
-    multi-threaded kernel ends at a barrier: on a loaded machine each may wait a scheduler slice
-    for its second thread, and the reduction kernels (a zero fill and a sum per level) dominated
-    the decoder's time there.
-    """
-    bsz, _, heads, dim = value.shape
-    levels = len(shapes)
-    queries, points = sampling_locations.shape[1], sampling_locations.shape[4]
-    # [0, 1] -> grid_sample's [-1, 1] as -1 + 2 * x in one kernel; (B, Q, heads, L, P, 2)
-    # -> (B, L, heads, Q, P, 2) -> B*L grids (heads, Q, P, 2), contiguous (grid_sample reads a
-    # strided grid at half the speed)
+def _grids_and_weights(sampling_locations: torch.Tensor,
+                       attention_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs in the loop's order, image-major: B*L grids (heads, Q, P, 2) in grid_sample's
+    [-1, 1] and B*L weights (heads, Q, P), each contiguous (grid_sample reads a strided grid at
+    half the speed)."""
+    # [0, 1] -> [-1, 1] as -1 + 2 * x in one kernel; (B, Q, heads, L, P, 2) -> (B, L, heads, Q, P,
+    # 2) -> (B*L, heads, Q, P, 2)
     grids = torch.add(sampling_locations.new_tensor(-1.0), sampling_locations, alpha=2)
     grids = grids.permute(0, 3, 2, 1, 4, 5).flatten(0, 1)
-    # (B, Q, heads, L, P) -> (B, L, heads, Q, P) -> B*L weights (heads, Q, P)
-    weights = attention_weights.permute(0, 3, 2, 1, 4).flatten(0, 1)
+    # (B, Q, heads, L, P) -> (B, L, heads, Q, P) -> (B*L, heads, Q, P)
+    return grids, attention_weights.permute(0, 3, 2, 1, 4).flatten(0, 1)
+
+
+def _sample(value: torch.Tensor, shapes: list[tuple[int, int]], grids: torch.Tensor,
+            weights: torch.Tensor, samples: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
+    """The forward, outside autograd: (B, Q, heads*E). Without ``samples`` the weights are
+    multiplied into each level's samples in place; with it the samples are kept there (for the
+    weights' gradient) and the weighted copy is a temporary."""
+    bsz, _, heads, dim = value.shape
+    levels = len(shapes)
+    queries, points = grids.shape[2], grids.shape[3]
     ones = value.new_ones(points)
     out = value.new_empty(bsz, heads, dim, queries)
     for index, piece in enumerate(_level_pieces(value, shapes)):
         image, level = divmod(index, levels)
         sampled = F.grid_sample(_as_map(piece, shapes[level]), grids[index], mode='bilinear',
                                 padding_mode='zeros', align_corners=False)  # (heads, E, Q, P)
-        # (heads, E, Q, P) * (heads, 1, Q, P) -> (heads*E*Q, P) against ones -> (heads*E*Q,)
-        sampled = sampled.mul_(weights[index][:, None]).view(-1, points)
+        if samples is None:
+            weighted = sampled.mul_(weights[index][:, None])
+        else:
+            samples.append(sampled)
+            weighted = sampled * weights[index][:, None]
+        # (heads, E, Q, P) -> (heads*E*Q, P) against ones -> (heads*E*Q,), added into out[image]
         accumulator = out[image].view(-1)
         if level:
-            accumulator.addmv_(sampled, ones)
+            accumulator.addmv_(weighted.view(-1, points), ones)
         else:
-            torch.mv(sampled, ones, out=accumulator)
+            torch.mv(weighted.view(-1, points), ones, out=accumulator)
     # (B, heads, E, Q) -> (B, heads*E, Q) -> (B, Q, heads*E)
     return out.flatten(1, 2).transpose(1, 2).contiguous()
 
 
-def _sample_autograd(value: torch.Tensor, shapes: list[tuple[int, int]],
-                     sampling_locations: torch.Tensor,
-                     attention_weights: torch.Tensor) -> torch.Tensor:
-    """The op through autograd: per image and level, one ``grid_sample`` (heads as its batch),
-    the samples weighted and summed over the points at once; only that level's samples are
-    alive besides the (heads, E, Q) accumulator (and what autograd keeps for backward)."""
-    bsz, _, heads, dim = value.shape
-    levels = len(shapes)
-    # [0, 1] -> grid_sample's [-1, 1]; (B, Q, heads, L, P, 2) -> (B, L, heads, Q, P, 2)
-    # -> B*L grids (heads, Q, P, 2), each contiguous
-    grids = (2 * sampling_locations - 1).permute(0, 3, 2, 1, 4, 5).contiguous().flatten(0, 1)
-    # (B, Q, heads, L, P) -> (B, L, heads, Q, P) -> B*L weights (heads, Q, P)
-    weights = attention_weights.permute(0, 3, 2, 1, 4).contiguous().flatten(0, 1)
-    outs: list[Optional[torch.Tensor]] = [None] * bsz
-    for index, (piece, grid, weight) in enumerate(zip(_level_pieces(value, shapes),
-                                                      grids.unbind(0), weights.unbind(0))):
-        image, level = divmod(index, levels)
-        sampled = F.grid_sample(_as_map(piece, shapes[level]), grid, mode='bilinear',
-                                padding_mode='zeros', align_corners=False)  # (heads, E, Q, P)
-        level_out = (sampled * weight[:, None]).sum(-1)  # (heads, E, Q)
-        outs[image] = level_out if outs[image] is None else outs[image] + level_out
-    out = torch.stack(outs)  # B x (heads, E, Q) -> (B, heads, E, Q)
-    if out.requires_grad:
-        # the gradient comes back as a transposed view of (B, Q, heads*E); made contiguous here,
-        # once, so that each level's (heads, E, Q, P) products and grid_sample's backward get
-        # contiguous tensors instead of each copying the transposed layout
-        out.register_hook(torch.Tensor.contiguous)
-    # (B, heads, E, Q) -> (B, heads*E, Q) -> (B, Q, heads*E)
-    return out.flatten(1, 2).transpose(1, 2).contiguous()
+class _SampleFunction(torch.autograd.Function):
+    """``_sample`` with a backward that writes each image-level's gradients straight into their
+    final layouts: value's through ``grid_sampler_2d_backward`` and one copy, the locations' as
+    twice the grid's (the [0, 1] -> [-1, 1] map), the weights' as the samples' dot products with
+    the output gradient over head_dim."""
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, grids: torch.Tensor, weights: torch.Tensor,
+                shapes: list[tuple[int, int]]) -> torch.Tensor:
+        samples: list[torch.Tensor] = []
+        out = _sample(value, shapes, grids, weights, samples)
+        ctx.shapes = shapes
+        ctx.save_for_backward(value, grids, weights, *samples)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: torch.Tensor):
+        value, grids, weights, *samples = ctx.saved_tensors
+        shapes = ctx.shapes
+        need_value, need_grids, need_weights = ctx.needs_input_grad[:3]
+        bsz, _, heads, dim = value.shape
+        levels = len(shapes)
+        queries = grids.shape[2]
+        # (B, Q, heads*E) -> (B, Q, heads, E) -> (B, heads, E, Q, 1), against (heads, E, Q, P)
+        grad = grad_output.reshape(bsz, queries, heads, dim).permute(0, 2, 3, 1).contiguous()
+        grad = grad[..., None]
+        grad_value = grad_grids = grad_weights = None
+        if need_value:
+            grad_value = torch.empty_like(value)
+            value_grads = _level_pieces(grad_value, shapes)
+        if need_grids:
+            grad_grids = torch.empty_like(grids)
+        if need_weights:
+            grad_weights = torch.empty_like(weights)
+            ones = weights.new_ones(dim)
+        for index, piece in enumerate(_level_pieces(value, shapes)):
+            image, level = divmod(index, levels)
+            if need_value or need_grids:
+                grad_map, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
+                    grad[image] * weights[index][:, None], _as_map(piece, shapes[level]),
+                    grids[index], 0, 0, False, [need_value, need_grids])  # bilinear, zeros
+                if need_value:  # (heads, E, H, W) -> (H, W, heads, E) -> (H*W, heads, E)
+                    value_grads[index].copy_(grad_map.permute(2, 3, 0, 1).flatten(0, 1))
+                if need_grids:
+                    grad_grids[index] = grad_grid
+            if need_weights:
+                # (heads, E, Q, P) * (heads, E, Q, 1), summed over E per head as (Q*P, E)
+                # against ones: BLAS calls, no zero fill
+                products = (samples[index] * grad[image]).flatten(2)  # (heads, E, Q*P)
+                for head in range(heads):
+                    torch.mv(products[head].t(), ones, out=grad_weights[index, head].view(-1))
+        return grad_value, grad_grids, grad_weights, None
 
 
 class MultiScaleDeformableAttention(nn.Module):
