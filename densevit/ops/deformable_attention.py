@@ -11,11 +11,11 @@ tensor before weighting them, the op loops over images and levels: one ``grid_sa
 all heads and points of a level of one image, the samples are weighted, and their sum over the
 points is added into the (heads, head_dim, Q) accumulator by one matrix-vector product with ones
 (BLAS addmv: no zero fill, no temporary, one call). Only that level's samples are alive besides the
-accumulator (with gradients, autograd keeps each level's samples for the weights' gradient, as it
-does for the reference). Nor does it copy ``value`` into grid_sample's (N, C, H, W) layout as the
-reference does: with the heads as N, a level of one image is a channels-last view of ``value``,
-which grid_sample reads as it is (and faster: each corner's head_dim values are consecutive in
-memory).
+accumulator (with gradients, every level's samples are kept for the weights' gradient, as autograd
+keeps them for the reference). Nor does it copy ``value`` into grid_sample's (N, C, H, W) layout
+as the reference does: with the heads as N, a level of one image is a channels-last view of
+``value``, which grid_sample reads as it is (and faster: each corner's head_dim values are
+consecutive in memory).
 
 The loop is written for few multi-threaded kernels, because every such kernel ends at a barrier,
 and on a machine shared with other work each may wait a scheduler slice for its second thread:
@@ -125,8 +125,8 @@ def multi_scale_deformable_attention(value: torch.Tensor, spatial_shapes: Spatia
 
 
 def _level_pieces(value: torch.Tensor, shapes: list[tuple[int, int]]) -> tuple[torch.Tensor, ...]:
-    """(B, S, heads, E) -> B*L pieces (H_l*W_l, heads, E), image-major: views, and one split, so
-    that the backward of value is a single cat into its layout."""
+    """(B, S, heads, E) -> B*L pieces (H_l*W_l, heads, E), image-major, views (of a contiguous
+    value); backward writes value's gradient through the same views of its gradient."""
     bsz, total, heads, dim = value.shape
     return value.reshape(bsz * total, heads, dim).split([h * w for h, w in shapes] * bsz)
 
