@@ -213,7 +213,8 @@ class _SampleFunction(torch.autograd.Function):
         if need_grids:
             grad_grids = torch.empty_like(grids)
         if need_weights:
-            grad_weights = torch.empty_like(weights)
+            # contiguous whatever the weights' strides, so each (image-level, head) row is a view
+            grad_weights = weights.new_empty(weights.shape)
             ones = weights.new_ones(dim)
         for index, piece in enumerate(_level_pieces(value, shapes)):
             image, level = divmod(index, levels)
