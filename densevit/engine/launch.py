@@ -8,10 +8,15 @@ mmengine 0.10.7's pytorch launcher calls ``torch.cuda.set_device`` unconditional
 wrapper passes ``device_ids=[LOCAL_RANK]``, which DDP rejects for CPU modules. On a machine without
 CUDA we initialise the gloo process group ourselves before the Runner (which then skips its own
 init) and configure the wrapper with ``device_ids=None``; with CUDA, mmengine's path is untouched.
+That group is destroyed at exit while the interpreter is still whole: left to interpreter
+finalisation, gloo's worker threads may still hold tensors and the process dies with SIGABRT
+("terminate called without an active exception") after its work is done.
 """
 from __future__ import annotations
 
+import atexit
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -29,6 +34,11 @@ _RESUMABLE_SAMPLERS = {'DefaultSampler': 'ResumableDefaultSampler',
 _CHECKPOINT_HOOKS = ('CheckpointHook', 'mmengine.CheckpointHook')
 
 
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def init_distributed(cfg: Config, launcher: str) -> None:
     """Prepare ``cfg`` (in place) and the process group for ``launcher`` ('none' or 'pytorch')."""
     if launcher == 'none':
@@ -44,8 +54,8 @@ def init_distributed(cfg: Config, launcher: str) -> None:
         return  # mmengine's own NCCL path
     if not dist.is_initialized():
         timeout = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('timeout', 1800)
-        from datetime import timedelta
         dist.init_process_group(backend='gloo', timeout=timedelta(seconds=timeout))
+        atexit.register(_destroy_process_group)
     wrapper = dict(cfg.get('model_wrapper_cfg') or {})
     wrapper.setdefault('type', 'MMDistributedDataParallel')
     wrapper['device_ids'] = None
