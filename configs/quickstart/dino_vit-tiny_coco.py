@@ -6,10 +6,11 @@
 # the ViT (its last block at 0.3 x, the patch embedding at 0.002 x the head's lr), 24 epochs
 # (576 iterations). As in the SAM quickstart, a slowly moving encoder lets the decoder leave its
 # trivial solution sooner: the same model with the ViT at full lr 1e-3 reaches box AP50 0.084.
-# Budget: 576 iterations, about 0.95 s of CPU time each on one thread (startup and evaluation
-# included); tools/train.py took 4.9 min on the 2 idle cores before layer decay, which adds no
-# compute. Reaches on the stand-in val split: box AP50 0.124 (AP 0.043), mask AP50 0.121
-# (AP 0.070), one thread with other jobs on the machine. That is still far below the aim of box
+# Budget: in `make demo` on the 2 quiet cores, tools/train.py took 5.5 min (about 0.5 s per
+# iteration), and the whole demo (segmentation and detection, venv and data already there)
+# 9.4 min. Reaches on the stand-in val split: box AP50 0.162 (AP 0.052), mask AP50 0.150
+# (AP 0.074) in that run (2 threads); one thread with other jobs on the machine gave box AP50
+# 0.124, mask 0.121 (runs at this scale vary by about 0.03). That is still far below the aim of box
 # AP50 0.6: the model finds the shapes sooner than it tells them apart. It fits four stand-in
 # images to box and mask AP50 1.0 in 80 iterations (tests/test_dino_quickstart.py). The
 # candidates measured while choosing it are in BENCHMARKS.md ("Quickstart DINO").
