@@ -36,7 +36,10 @@ _CHECKPOINT_HOOKS = ('CheckpointHook', 'mmengine.CheckpointHook')
 
 def _destroy_process_group() -> None:
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:  # every rank's queued gloo work finishes (and frees its tensors) before teardown
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def init_distributed(cfg: Config, launcher: str) -> None:
