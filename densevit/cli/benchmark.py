@@ -17,7 +17,8 @@ import time
 
 from ._repo import repo_file
 
-TOPICS = ('vit', 'na2d', 'segmentation', 'msda', 'detection', 'sam')
+TOPICS = ('vit', 'na2d', 'segmentation', 'msda', 'detection', 'sam', 'upernet', 'scaling',
+          'pipeline', 'compile', 'checkpointing', 'amp')
 
 
 def _fmt(value) -> str:
