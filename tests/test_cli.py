@@ -38,7 +38,7 @@ def test_help_lists_every_subcommand_and_unknown_ones_get_the_closest():
     done = run_cli('--help')
     assert done.returncode == 0
     for name in ('train', 'test', 'infer', 'browse', 'plot', 'list-models', 'info', 'convert',
-                 'make-synthetic', 'benchmark', 'export'):
+                 'make-synthetic', 'benchmark', 'export', 'zoo'):
         assert f'\n  {name} ' in done.stdout
     done = run_cli('lst-models')
     assert done.returncode == 2 and "did you mean 'list-models'" in done.stderr
@@ -49,11 +49,11 @@ def test_each_subcommand_has_help(name, capsys):
     assert cli([name, '--help']) == 0
     out = capsys.readouterr().out
     assert out.startswith('usage:') and len(out.splitlines()) < 40
-    if name not in ('infer', 'browse', 'export'):
+    if name not in ('infer', 'browse', 'export', 'zoo'):
         assert f'densevit {name}' in out.splitlines()[0]  # argparse names the subcommand
 
 
-@pytest.mark.parametrize('name', ['infer', 'browse', 'export'])
+@pytest.mark.parametrize('name', ['infer', 'browse', 'export', 'zoo'])
 def test_unbuilt_subcommands_say_so_with_exit_code_2(name, capsys):
     assert cli([name, 'config.py']) == 2
     one_error_line(capsys, 'not built yet')

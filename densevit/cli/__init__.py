@@ -16,37 +16,36 @@ class CLIError(Exception):
     """A user error the command reports as one line (no traceback)."""
 
 
-# name -> (module of this package, its function, one-line help)
-SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
-    'train': ('scripts', 'train_main', 'train a model from a config (runs tools/train.py)'),
-    'test': ('scripts', 'test_main', 'evaluate a checkpoint on a config\'s test set '
-             '(runs tools/test.py)'),
-    'infer': ('pending', 'infer_main', 'predict on images and draw overlays (not built yet)'),
-    'browse': ('pending', 'browse_main', 'draw dataset samples after the pipeline '
-               '(not built yet)'),
-    'plot': ('plot', 'main', 'plot losses, lr and validation metrics of a work dir'),
-    'list-models': ('registry', 'list_main', 'list registered backbones, necks, heads, models, '
-                    'datasets, transforms, metrics'),
-    'info': ('info', 'main', 'parameters, FLOPs, feature maps and expected weights of a config'),
-    'convert': ('convert', 'main', 'convert an official checkpoint to densevit\'s keys'),
-    'make-synthetic': ('synthetic', 'main', 'write the synthetic COCO / ADE20K stand-in sets'),
-    'benchmark': ('benchmark', 'main', 'measure densevit against reference implementations'),
-    'export': ('pending', 'export_main', 'export an inference graph (not built yet)'),
+# name -> (module of this package whose ``main(argv, prog)`` runs it, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    'train': ('train', 'train a model from a config'),
+    'test': ('test', 'evaluate a checkpoint on a config\'s test set'),
+    'infer': ('infer', 'predict on images: overlay PNGs and raw predictions'),
+    'browse': ('browse', 'draw dataset samples after the pipeline, beside the originals'),
+    'plot': ('plot', 'plot losses, lr and validation metrics of a work dir'),
+    'list-models': ('registry', 'list registered backbones, necks, heads, models, datasets, '
+                    'transforms, metrics'),
+    'info': ('info', 'parameters, FLOPs, feature maps and expected weights of a config'),
+    'convert': ('convert', 'convert an official checkpoint to densevit\'s keys'),
+    'make-synthetic': ('synthetic', 'write the synthetic COCO / ADE20K stand-in sets'),
+    'benchmark': ('benchmark', 'measure densevit against reference implementations'),
+    'export': ('export', 'export an inference graph (ONNX or torch.export)'),
+    'zoo': ('zoo', 'write the model zoo page from the configs'),
 }
 
 
-def _modules() -> dict:
-    """This package's subcommand modules by name (each imports its heavy libraries lazily)."""
-    from . import benchmark, convert, info, pending, plot, registry, scripts, synthetic
-    return dict(benchmark=benchmark, convert=convert, info=info, pending=pending, plot=plot,
-                registry=registry, scripts=scripts, synthetic=synthetic)
+def _subcommand_main(name: str):
+    """The ``main`` of ``name``'s module, imported only now (each module imports its heavy
+    libraries lazily, so ``densevit --help`` stays fast)."""
+    import importlib
+    return importlib.import_module(f'{__name__}.{SUBCOMMANDS[name][0]}').main
 
 
 def usage() -> str:
     width = max(map(len, SUBCOMMANDS))
     lines = ['usage: densevit [--debug] SUBCOMMAND [ARGS]  (densevit SUBCOMMAND --help for its '
              'arguments)', '', 'subcommands:']
-    lines += [f'  {name:<{width}}  {text}' for name, (_, _, text) in SUBCOMMANDS.items()]
+    lines += [f'  {name:<{width}}  {text}' for name, (_, text) in SUBCOMMANDS.items()]
     lines += ['', 'options:', '  -h, --help  show this message', '  --version   show the version',
               '  --debug     show the traceback of an error instead of one line']
     return '\n'.join(lines)
@@ -81,9 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = f'did you mean {close[0]!r}?' if close else f'choose from {", ".join(SUBCOMMANDS)}'
         print(f'densevit: unknown subcommand {name!r}; {hint}', file=sys.stderr)
         return 2
-    module_name, function, _ = SUBCOMMANDS[name]
     try:
-        getattr(_modules()[module_name], function)(rest, prog=f'densevit {name}')
+        _subcommand_main(name)(rest, prog=f'densevit {name}')
     except SystemExit as exc:  # argparse's usage errors (2), --help (0), explicit exits
         if isinstance(exc.code, str):
             print(f'densevit {name}: error: {exc.code}', file=sys.stderr)

@@ -110,7 +110,7 @@ def list_models(pattern: str | None = None) -> dict[str, dict[str, type]]:
     return groups
 
 
-def list_main(argv: list[str] | None = None, prog: str | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog=prog, description='List the types a config can name (registered in densevit), '
         'by kind, with the size presets (archs) of each backbone.')
