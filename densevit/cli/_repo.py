@@ -1,7 +1,8 @@
 """Where the densevit repository is, for the subcommands that run its tools/ folder.
 
-densevit itself never imports tools/ (DESIGN.md); ``densevit benchmark`` runs files of the repository the package was installed from (an editable install or a clone on
-``PYTHONPATH``) and say so plainly when the package was installed without it.
+densevit itself never imports tools/ (DESIGN.md); ``densevit benchmark`` runs files of the
+repository the package was installed from (an editable install or a clone on ``PYTHONPATH``) and
+says so plainly when the package was installed without it.
 """
 from __future__ import annotations
 
