@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models.vision_transformer import init_weights_vit_timm
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from densevit.models.contract import Backbone, FeatureSpec
 from densevit.ops import na2d
@@ -186,19 +187,25 @@ class NATLevel(nn.Module):
     the next level.
     """
 
-    def __init__(self, *, blocks: Sequence[NATBlock], downsample: nn.Module | None) -> None:
+    def __init__(self, *, blocks: Sequence[NATBlock], downsample: nn.Module | None,
+                 with_cp: bool = False) -> None:
         """
         Args:
             blocks: the level's blocks, in order.
             downsample: the module taking the map to the next level, or None for the last level.
+            with_cp: activation checkpointing of each block while training with gradients.
         """
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.downsample = downsample
+        self.with_cp = with_cp
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for block in self.blocks:
-            x = block(x)
+            if self.with_cp and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         return x, (x if self.downsample is None else self.downsample(x))
 
 
@@ -251,7 +258,7 @@ class NAT(Backbone):
                  dilations: Sequence[Sequence[int]] | None = None,
                  layer_scale: float | None = None, drop_path_rate: float | None = None,
                  drop_rate: float = 0.0, qkv_bias: bool = True, in_chans: int = 3,
-                 out_indices: Sequence[int] = (0, 1, 2, 3)) -> None:
+                 out_indices: Sequence[int] = (0, 1, 2, 3), with_cp: bool = False) -> None:
         """
         Args:
             arch: size preset, one of ``arch_settings`` (NAT: mini/tiny/small/base; DiNAT also
@@ -271,6 +278,8 @@ class NAT(Backbone):
             qkv_bias: bias in the qkv projections.
             in_chans: input image channels.
             out_indices: levels (0..3) whose maps are returned, as 's4', 's8', 's16', 's32'.
+            with_cp: activation checkpointing of each block while training with gradients: its
+                activations are recomputed in the backward pass instead of kept.
         """
         super().__init__()
         if arch not in self.arch_settings:
@@ -313,7 +322,7 @@ class NAT(Backbone):
                                drop=drop_rate, drop_path=rates[first + j], layer_scale=layer_scale)
                       for j in range(depth)]
             downsample = ConvDownsampler(dim=channels[i]) if i < num_levels - 1 else None
-            self.levels.append(NATLevel(blocks=blocks, downsample=downsample))
+            self.levels.append(NATLevel(blocks=blocks, downsample=downsample, with_cp=with_cp))
         for i in out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(channels[i]))
         # timm's ViT init: truncated-normal (std 0.02) linear weights, zero biases

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformer, window_partition, window_reverse
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from densevit.registry import MODELS
 
@@ -151,7 +152,8 @@ class Swin(Backbone):
                  window_size: int = 7, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop_path_rate: float = 0.1, attn_drop_rate: float = 0.0,
                  proj_drop_rate: float = 0.0, patch_size: int = 4, in_chans: int = 3,
-                 out_indices: Sequence[int] = (0, 1, 2, 3), mask_padding: bool = False) -> None:
+                 out_indices: Sequence[int] = (0, 1, 2, 3), mask_padding: bool = False,
+                 with_cp: bool = False) -> None:
         """
         Args:
             arch: published size, one of ``SWIN_ARCHS`` ('tiny', 'small', 'base', 'large').
@@ -171,6 +173,8 @@ class Swin(Backbone):
                 padding of maps the window does not divide from attention, and do not shift along
                 an axis no longer than the window. Off, the blocks compute what the official Swin
                 for detection / segmentation computes, which its fine-tuned checkpoints need.
+            with_cp: activation checkpointing of each block while training with gradients: its
+                activations are recomputed in the backward pass instead of kept (Swin-L recipes).
         """
         super().__init__()
         if arch not in SWIN_ARCHS:
@@ -199,6 +203,7 @@ class Swin(Backbone):
         self.patch_size = patch_size
         self.window_size = window_size
         self.mask_padding = mask_padding
+        self.with_cp = with_cp
         self.depths = depths[:out_indices[-1] + 1]
         self.patch_embed = timm_swin.patch_embed
         self.layers = timm_swin.layers[:out_indices[-1] + 1]
@@ -232,7 +237,11 @@ class Swin(Backbone):
                     masks[shift] = shifted_window_mask(
                         h, w, self.window_size, shift, mask_padding=self.mask_padding,
                         device=x.device, dtype=x.dtype)
-                x = _window_block(block, x, shift, masks[shift])
+                if self.with_cp and self.training and torch.is_grad_enabled():
+                    x = checkpoint(_window_block, block, x, shift, masks[shift],
+                                   use_reentrant=False)
+                else:
+                    x = _window_block(block, x, shift, masks[shift])
             name = self._out_names.get(i)
             if name is not None:
                 # (B, H, W, C) -> (B, C, H, W)
