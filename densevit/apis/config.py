@@ -203,7 +203,11 @@ def load_config(config: str | Config, cfg_options: dict | None = None) -> Config
     (see :func:`switch_data_root`); the other options are checked by :func:`check_options` (a
     key that matches nothing raises, unless written ``+key`` to add it) and merge as mmengine's
     ``--cfg-options`` do. A missing config or ``_base_`` file is named with the config naming it.
+    Installed plugins (the ``densevit.plugins`` entry points) are imported first, so their type
+    names are known to the config and to the option check.
     """
+    from densevit.plugins import load_plugins
+    load_plugins()
     cfg = _read(config) if isinstance(config, str) else config.copy()
     options = dict(cfg_options or {})
     if 'data_root' in options:
