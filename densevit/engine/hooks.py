@@ -1,52 +1,20 @@
-"""Hooks used by the tools: drawing predictions to files (``tools/test.py --show-dir``)."""
+"""Hooks used by the tools: drawing predictions to files (``densevit test --show-dir``; the
+drawing itself is densevit.visualization's)."""
 from __future__ import annotations
 
 import os.path as osp
 import re
-from typing import Sequence
 
 import numpy as np
 from mmengine.hooks import Hook
 from mmengine.utils import mkdir_or_exist
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from densevit.datasets.transforms import read_image
 from densevit.registry import HOOKS
+from densevit.visualization import draw_instances, draw_sem_seg
 
 __all__ = ['ShowResultHook', 'draw_sem_seg', 'draw_instances', 'safe_file_stem']
-
-
-def draw_sem_seg(image: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]],
-                 alpha: float = 0.5, ignore_index: int = 255) -> np.ndarray:
-    """Blend class colours over an RGB image; ``labels`` (H, W) are class indices."""
-    colors = np.zeros((256, 3), np.uint8)
-    colors[:len(palette)] = np.asarray(palette, np.uint8)
-    overlay = colors[labels]
-    blended = image.astype(np.float32) * (1 - alpha) + overlay.astype(np.float32) * alpha
-    keep = labels == ignore_index
-    blended[keep] = image[keep]
-    return blended.round().astype(np.uint8)
-
-
-def draw_instances(image: np.ndarray, bboxes: np.ndarray, labels: np.ndarray,
-                   scores: np.ndarray, classes: Sequence[str],
-                   palette: Sequence[Sequence[int]], masks: np.ndarray | None = None,
-                   score_thr: float = 0.3) -> np.ndarray:
-    """Draw boxes (xyxy), class names, scores and optional masks (N, H, W) above ``score_thr``."""
-    keep = scores >= score_thr
-    out = image.copy()
-    if masks is not None:
-        for mask, label in zip(masks[keep], labels[keep]):
-            color = np.asarray(palette[label % len(palette)], np.float32)
-            out[mask] = (out[mask] * 0.5 + color * 0.5).astype(np.uint8)
-    canvas = Image.fromarray(out)
-    draw = ImageDraw.Draw(canvas)
-    for box, label, score in zip(bboxes[keep], labels[keep], scores[keep]):
-        color = tuple(int(c) for c in palette[label % len(palette)])
-        draw.rectangle([float(v) for v in box], outline=color, width=2)
-        draw.text((float(box[0]) + 2, float(box[1]) + 1), f'{classes[label]} {score:.2f}',
-                  fill=color)
-    return np.asarray(canvas)
 
 
 def safe_file_stem(path: str) -> str:
@@ -90,13 +58,14 @@ class ShowResultHook(Hook):
             image = read_image(path)  # upright (EXIF), as the predictions are
             if 'pred_sem_seg' in sample:
                 labels = sample.pred_sem_seg.data[0].cpu().numpy().astype(np.int64)
-                drawn = draw_sem_seg(image, labels, self._meta['palette'])
+                drawn = draw_sem_seg(image, labels, self._meta.get('palette'),
+                                     classes=self._meta.get('classes'))
             elif 'pred_instances' in sample:
                 pred = sample.pred_instances
                 masks = pred.masks.cpu().numpy().astype(bool) if 'masks' in pred else None
                 drawn = draw_instances(image, pred.bboxes.cpu().numpy(),
                                        pred.labels.cpu().numpy(), pred.scores.cpu().numpy(),
-                                       self._meta['classes'], self._meta['palette'], masks,
+                                       self._meta['classes'], self._meta.get('palette'), masks,
                                        self.score_thr)
             else:
                 continue
