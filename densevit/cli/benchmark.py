@@ -4,6 +4,8 @@
 
 Topics live in the repository's tools/benchmarks/ (one module each with
 ``run(quick) -> list[dict]``); an installed densevit without its repository has none to run.
+The tables go to standard output; the progress through the topics, with the remaining time, to
+standard error (densevit.progress).
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import platform
 import runpy
 import sys
 import time
+
+from densevit.progress import Progress
 
 from ._repo import repo_file
 
@@ -67,10 +71,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     print(f'# densevit benchmarks  ({platform.processor() or platform.machine()}, '
           f'{torch.get_num_threads()} threads, torch {torch.__version__}, '
           f'{time.strftime("%Y-%m-%d")})')
+    sys.stdout.flush()  # the header before any progress line, when both go to one log
     results = {}
-    for topic, run in runs.items():
-        results[topic] = run(quick=args.quick)
-        print_table(topic, results[topic])
+    with Progress(len(runs), unit='topic') as bar:
+        for topic, run in runs.items():
+            bar.set_description(f'benchmark {topic}')
+            results[topic] = run(quick=args.quick)
+            bar.clear()  # the table takes the bar's line; the update draws the bar below it
+            print_table(topic, results[topic])
+            sys.stdout.flush()
+            bar.update()
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(results, f, indent=2)

@@ -4,7 +4,8 @@
                                 [--only coco|ade20k] [--recolor-seed N]
 
 (also ``python tools/make_synthetic.py``) writes OUT/coco (the COCO data_root) and
-OUT/ade20k/ADEChallengeData2016 (the ADE20K data_root).
+OUT/ade20k/ADEChallengeData2016 (the ADE20K data_root), showing each split's progress on standard
+error (a bar on a terminal, periodic lines otherwise).
 """
 from __future__ import annotations
 
@@ -30,12 +31,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     from densevit.datasets.synthetic import make_ade20k, make_coco
     args = parse_args(argv, prog)
     common = dict(seed=args.seed, num_train=args.num_train, num_val=args.num_val, size=args.size,
-                  recolor_seed=args.recolor_seed)
+                  recolor_seed=args.recolor_seed, progress=True)
     if args.only in (None, 'coco'):
         start = time.perf_counter()
         root = make_coco(osp.join(args.out, 'coco'), **common)
-        print(f'COCO stand-in: {root} ({time.perf_counter() - start:.1f} s)')
+        print(f'COCO stand-in: {root} ({time.perf_counter() - start:.1f} s)', flush=True)
     if args.only in (None, 'ade20k'):
         start = time.perf_counter()
         root = make_ade20k(osp.join(args.out, 'ade20k'), **common)
-        print(f'ADE20K stand-in: {root} ({time.perf_counter() - start:.1f} s)')
+        print(f'ADE20K stand-in: {root} ({time.perf_counter() - start:.1f} s)', flush=True)

@@ -48,6 +48,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from densevit.progress import track
+
 from .metainfo import ADE20K_CLASSES, COCO_CATEGORIES
 
 __all__ = ['make_coco', 'make_ade20k', 'SHAPE_KINDS', 'TEXTURE_KINDS', 'ADE20K_STUFF',
@@ -230,6 +232,11 @@ def _object_center_radius(rng: np.random.Generator, h: int, w: int, lo: float, h
     return (rng.uniform(0, w), rng.uniform(0, h)), radius
 
 
+def _steps(count: int, desc: str, progress: bool):
+    """``range(count)``, shown as it goes by densevit.progress when ``progress`` is set."""
+    return track(range(count), desc=desc) if progress else range(count)
+
+
 def _write_jpg(path: str, rgb: np.ndarray) -> None:
     ok = cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                      [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -298,7 +305,7 @@ def _ade20k_sample(rng: np.random.Generator, crng: np.random.Generator, size: in
 
 def make_ade20k(out_dir: str, *, seed: int = 0, num_train: int = 200, num_val: int = 50,
                 size: int = 128, num_classes_used: int = 8,
-                recolor_seed: int | None = None) -> str:
+                recolor_seed: int | None = None, progress: bool = False) -> str:
     """Write an ADE20K-layout stand-in under ``out_dir/ADEChallengeData2016`` and return that path.
 
     Args:
@@ -312,6 +319,7 @@ def make_ade20k(out_dir: str, *, seed: int = 0, num_train: int = 200, num_val: i
             most 12), so 2..20.
         recolor_seed: Redraw every colour from this seed; shapes, textures and labels stay
             exactly those of ``seed``.
+        progress: Show the progress of each split on standard error (densevit.progress).
     """
     max_used = len(ADE20K_STUFF) + len(SHAPE_KINDS)
     if not 2 <= num_classes_used <= max_used:
@@ -325,7 +333,7 @@ def make_ade20k(out_dir: str, *, seed: int = 0, num_train: int = 200, num_val: i
         os.makedirs(img_dir, exist_ok=True)
         os.makedirs(ann_dir, exist_ok=True)
         prefix = 'ADE_train_' if split_idx == 0 else 'ADE_val_'
-        for i in range(count):
+        for i in _steps(count, f'ADE20K {split_name}', progress):
             img, label = _ade20k_sample(_rng(seed, split_idx, i),
                                         _color_rng(seed, split_idx, i, recolor_seed), size,
                                         stuff, things)
@@ -433,7 +441,7 @@ def _coco_sample(rng: np.random.Generator, crng: np.random.Generator, size: int,
 
 def make_coco(out_dir: str, *, seed: int = 0, num_train: int = 200, num_val: int = 50,
               size: int = 128, num_classes_used: int = 8,
-              recolor_seed: int | None = None) -> str:
+              recolor_seed: int | None = None, progress: bool = False) -> str:
     """Write a COCO-2017-layout stand-in into ``out_dir`` (the data root) and return it.
 
     Args:
@@ -447,6 +455,7 @@ def make_coco(out_dir: str, *, seed: int = 0, num_train: int = 200, num_val: int
             all 80 with their real ids.
         recolor_seed: Redraw every colour from this seed; shapes, textures and annotations stay
             exactly those of ``seed``.
+        progress: Show the progress of each split on standard error (densevit.progress).
     """
     if not 1 <= num_classes_used <= len(COCO_USED_CAT_IDS):
         raise ValueError(f'num_classes_used must be in 1..{len(COCO_USED_CAT_IDS)} (one shape '
@@ -461,7 +470,7 @@ def make_coco(out_dir: str, *, seed: int = 0, num_train: int = 200, num_val: int
         os.makedirs(img_dir, exist_ok=True)
         images, annotations = [], []
         id_base = 1 if split == 'train' else 1_000_001
-        for i in range(count):
+        for i in _steps(count, f'COCO {split}2017', progress):
             img, anns = _coco_sample(_rng(seed, split_idx, i),
                                      _color_rng(seed, split_idx, i, recolor_seed), size,
                                      cat_kinds)

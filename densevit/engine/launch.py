@@ -24,6 +24,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from .checkpoint import enable_safe_resume
+from .progress_hook import add_progress_hook
 from .runner import ResilientRunner
 
 __all__ = ['init_distributed', 'make_resilient', 'build_runner']
@@ -96,12 +97,14 @@ def make_resilient(cfg: Config) -> bool:
 def build_runner(cfg: Config, launcher: str = 'none') -> Runner:
     """A ``ResilientRunner`` for ``cfg``: allowlists the checkpoint globals a resume needs, sets up
     the process group for ``launcher``, fills in densevit's default scope and makes the run
-    resilient (``make_resilient``)."""
+    resilient (``make_resilient``); a terminal shows a progress bar (``default_hooks.progress``,
+    see densevit/engine/progress_hook.py)."""
     enable_safe_resume()
     cfg.launcher = launcher
     cfg.setdefault('default_scope', 'densevit')
     init_distributed(cfg, launcher)
     skip_nonfinite = make_resilient(cfg)
+    add_progress_hook(cfg)
     runner = ResilientRunner.from_cfg(cfg)
     runner.skip_nonfinite = skip_nonfinite
     return runner
