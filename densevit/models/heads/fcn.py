@@ -6,12 +6,12 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
-from torchvision.ops import Conv2dNormActivation
 
 from ...registry import MODELS
 from ..contract import FeatureSpec
 from ..losses import SegCriterion
 from .base import SegHead, norm_layer_type, select_inputs
+from .conv_norm import ConvNormAct
 
 __all__ = ['FCNHead']
 
@@ -56,12 +56,12 @@ class FCNHead(SegHead):
         self.align_corners = align_corners
         layers = []
         for i in range(num_convs):
-            layers.append(Conv2dNormActivation(spec.channels if i == 0 else channels, channels, 3,
-                                               norm_layer=norm_layer))
+            layers.append(ConvNormAct(spec.channels if i == 0 else channels, channels, 3,
+                                      norm_layer=norm_layer))
         self.convs = nn.Sequential(*layers)
         out_channels = channels if num_convs > 0 else spec.channels
-        self.conv_cat = (Conv2dNormActivation(spec.channels + out_channels, channels, 3,
-                                              norm_layer=norm_layer)
+        self.conv_cat = (ConvNormAct(spec.channels + out_channels, channels, 3,
+                                     norm_layer=norm_layer)
                          if concat_input else None)
         if concat_input:
             out_channels = channels

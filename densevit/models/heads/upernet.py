@@ -7,12 +7,12 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import Conv2dNormActivation
 
 from ...registry import MODELS
 from ..contract import FeatureSpec
 from ..losses import SegCriterion
 from .base import SegHead, norm_layer_type, select_inputs
+from .conv_norm import ConvNormAct, fold_batch_norm
 
 __all__ = ['UPerHead', 'PyramidPooling']
 
@@ -34,10 +34,10 @@ class PyramidPooling(nn.Module):
         super().__init__()
         self.branches = nn.ModuleList(
             nn.Sequential(nn.AdaptiveAvgPool2d(scale),
-                          Conv2dNormActivation(in_channels, channels, 1, norm_layer=norm_layer))
+                          ConvNormAct(in_channels, channels, 1, norm_layer=norm_layer))
             for scale in pool_scales)
-        self.bottleneck = Conv2dNormActivation(in_channels + len(pool_scales) * channels,
-                                               channels, 3, norm_layer=norm_layer)
+        self.bottleneck = ConvNormAct(in_channels + len(pool_scales) * channels, channels, 3,
+                                      norm_layer=norm_layer)
         self.align_corners = align_corners
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,13 +89,13 @@ class UPerHead(SegHead):
                                   pool_scales=pool_scales, align_corners=align_corners,
                                   norm_layer=norm_layer)
         self.lateral_convs = nn.ModuleList(
-            Conv2dNormActivation(s.channels, channels, 1, norm_layer=norm_layer)
+            ConvNormAct(s.channels, channels, 1, norm_layer=norm_layer)
             for s in specs[:-1])
         self.fpn_convs = nn.ModuleList(
-            Conv2dNormActivation(channels, channels, 3, norm_layer=norm_layer)
+            ConvNormAct(channels, channels, 3, norm_layer=norm_layer)
             for _ in specs[:-1])
-        self.fpn_bottleneck = Conv2dNormActivation(len(specs) * channels, channels, 3,
-                                                   norm_layer=norm_layer)
+        self.fpn_bottleneck = ConvNormAct(len(specs) * channels, channels, 3,
+                                          norm_layer=norm_layer)
         self.dropout = nn.Dropout2d(dropout_ratio) if dropout_ratio > 0 else nn.Identity()
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
         self.criterion = SegCriterion(loss_decode=loss_decode, sampler=sampler,
@@ -115,8 +115,27 @@ class UPerHead(SegHead):
             finer = laterals[i - 1]
             laterals[i - 1] = finer + self._resize(laterals[i], finer.shape[-2:])
         outs = [conv(x) for conv, x in zip(self.fpn_convs, laterals[:-1])] + [laterals[-1]]
+        return self.conv_seg(self.dropout(self._fuse_levels(outs)))
+
+    def _fuse_levels(self, outs: list[torch.Tensor]) -> torch.Tensor:
+        """``fpn_bottleneck`` over all levels upsampled to the finest and concatenated.
+
+        At inference the convolution of the concatenation is computed as the sum of each
+        level's convolution with its slice of the (BatchNorm-folded) weight: the same sum of
+        products without the (B, L*C, H, W) concatenated map, so a level's upsampled copy lives
+        only while its term is added. Training concatenates, as the reference UperNet does.
+        """
         size = outs[0].shape[-2:]
-        fused = self.fpn_bottleneck(torch.cat([outs[0]] + [self._resize(x, size)
-                                                           for x in outs[1:]], dim=1))
-        return self.conv_seg(self.dropout(fused))
+        block = self.fpn_bottleneck
+        if not block._foldable():
+            return block(torch.cat([outs[0]] + [self._resize(x, size) for x in outs[1:]], dim=1))
+        conv = block[0]
+        weight, bias = fold_batch_norm(conv, block[1])
+        # (C, L*C, 3, 3) -> L x (C, C, 3, 3), in the order of the concatenation
+        weights = weight.split([x.shape[1] for x in outs], dim=1)
+        fused = F.conv2d(outs[0], weights[0], bias, conv.stride, conv.padding, conv.dilation)
+        for x, w in zip(outs[1:], weights[1:]):
+            fused.add_(F.conv2d(self._resize(x, size), w, None, conv.stride, conv.padding,
+                                conv.dilation))
+        return F.relu_(fused) if len(block) == 3 else fused
 
