@@ -3,8 +3,8 @@
 Pieces, in the order a head uses them (shapes with S = sum of H_l * W_l over the L levels):
 
 - ``flatten_levels``: per-level maps, padding masks and position codes -> one token sequence
-  (B, S, D) with the level embedding added to the position code, ``spatial_shapes`` (L, 2) and
-  the ``valid_ratios`` (B, L, 2) of every image at every level.
+  (B, S, D) with the level embedding added to the position code, ``spatial_shapes`` (L pairs
+  (H_l, W_l) of Python ints) and the ``valid_ratios`` (B, L, 2) of every image at every level.
 - ``DeformableEncoder`` of ``DeformableEncoderLayer`` s: multi-scale deformable self-attention
   around one reference point per token (``encoder_reference_points``), post-norm, FFN.
 - ``encoder_output_proposals``: two-stage proposals, one box per valid token (centred on it,
@@ -75,14 +75,16 @@ class FlatLevels:
         src: (B, S, D) features.
         pos: (B, S, D) position code plus level embedding.
         mask: (B, S) bool, True = padded token.
-        spatial_shapes: (L, 2) long, (H_l, W_l).
+        spatial_shapes: L pairs (H_l, W_l) of Python ints: the shapes are static, so no consumer
+            waits on the device for them, and torch.export sees constants (the values of an
+            (L, 2) tensor would be data-dependent there).
         valid_ratios: (B, L, 2) float, (w, h) valid fraction per level.
     """
 
     src: torch.Tensor
     pos: torch.Tensor
     mask: torch.Tensor
-    spatial_shapes: torch.Tensor
+    spatial_shapes: tuple[tuple[int, int], ...]
     valid_ratios: torch.Tensor
 
 
@@ -102,15 +104,21 @@ def flatten_levels(maps: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
         src.append(feat.flatten(2).transpose(1, 2))  # (B, D, H, W) -> (B, H*W, D)
         mask.append(lvl_mask.flatten(1))  # (B, H, W) -> (B, H*W)
         pos.append(lvl_pos.flatten(2).transpose(1, 2) + level_embed[lvl].view(1, 1, -1))
-    device = maps[0].device
     return FlatLevels(src=torch.cat(src, 1), pos=torch.cat(pos, 1), mask=torch.cat(mask, 1),
-                      spatial_shapes=torch.as_tensor(shapes, dtype=torch.long, device=device),
+                      spatial_shapes=tuple(shapes),
                       valid_ratios=torch.stack([valid_ratio(m) for m in masks], 1))
+
+
+def level_shapes(spatial_shapes: torch.Tensor | Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """(H_l, W_l) pairs of Python ints from an (L, 2) long tensor or a sequence of pairs."""
+    if isinstance(spatial_shapes, torch.Tensor):
+        spatial_shapes = spatial_shapes.tolist()
+    return [(int(h), int(w)) for h, w in spatial_shapes]
 
 
 def unflatten_levels(tokens: torch.Tensor, spatial_shapes: torch.Tensor) -> list[torch.Tensor]:
     """(B, S, D) tokens -> L maps (B, D, H_l, W_l), the inverse of ``flatten_levels``."""
-    shapes = [tuple(s) for s in spatial_shapes.tolist()]
+    shapes = level_shapes(spatial_shapes)
     chunks = tokens.split([h * w for h, w in shapes], dim=1)
     # (B, H*W, D) -> (B, D, H*W) -> (B, D, H, W)
     return [chunk.transpose(1, 2).unflatten(2, shape) for chunk, shape in zip(chunks, shapes)]
@@ -124,7 +132,7 @@ def encoder_reference_points(spatial_shapes: torch.Tensor,
     level's valid ratio (the official order of operations).
 
     Args:
-        spatial_shapes: (L, 2) long (H_l, W_l).
+        spatial_shapes: (H_l, W_l) per level: an (L, 2) long tensor or L pairs.
         valid_ratios: (B, L, 2) (w, h).
 
     Returns:
@@ -132,7 +140,7 @@ def encoder_reference_points(spatial_shapes: torch.Tensor,
     """
     device = valid_ratios.device
     points = []
-    for lvl, (height, width) in enumerate(spatial_shapes.tolist()):
+    for lvl, (height, width) in enumerate(level_shapes(spatial_shapes)):
         ref_y, ref_x = torch.meshgrid(
             torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device),
             torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device),
@@ -157,7 +165,7 @@ def encoder_output_proposals(memory: torch.Tensor, padding_mask: torch.Tensor,
     Args:
         memory: (B, S, D) encoder output.
         padding_mask: (B, S) bool, True = padded.
-        spatial_shapes: (L, 2) long (H_l, W_l).
+        spatial_shapes: (H_l, W_l) per level: an (L, 2) long tensor or L pairs.
         base_size: box size on the finest level.
 
     Returns:
@@ -166,7 +174,7 @@ def encoder_output_proposals(memory: torch.Tensor, padding_mask: torch.Tensor,
     """
     bsz = memory.shape[0]
     proposals, start = [], 0
-    for lvl, (height, width) in enumerate(spatial_shapes.tolist()):
+    for lvl, (height, width) in enumerate(level_shapes(spatial_shapes)):
         # (B, H*W) -> (B, H, W, 1)
         lvl_mask = padding_mask[:, start:start + height * width].view(bsz, height, width, 1)
         valid_h = torch.sum(~lvl_mask[:, :, 0, 0], 1)
@@ -361,7 +369,7 @@ class DeformableDecoder(nn.Module):
             tgt: (B, Q, D) initial content queries.
             reference_points: (B, Q, 2) points or (B, Q, 4) boxes, sigmoid space, unscaled.
             memory: (B, S, D); memory_padding_mask (B, S) bool.
-            spatial_shapes: (L, 2) long; valid_ratios: (B, L, 2).
+            spatial_shapes: (L, 2) long or L (H, W) pairs; valid_ratios: (B, L, 2).
             query_pos: (B, Q, D); required unless ``ref_point_head`` exists.
             self_attn_mask: optional (Q, Q) bool, True = may NOT attend.
             bbox_embed: one box MLP per layer for iterative refinement, or None (references

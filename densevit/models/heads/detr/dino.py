@@ -148,8 +148,9 @@ class DINOTransformer(nn.Module):
         Returns:
             dict with hidden (L tensors (B, Ndn + Q, D), normed), references (L tensors
             (B, Ndn + Q, 4), sigmoid, what each layer's box delta is added to), memory (B, S, D),
-            spatial_shapes (L, 2), enc_hidden (B, Q, D) the selected proposals' features and
-            enc_coords (B, Q, 4) their boxes in inverse-sigmoid space (both un-detached).
+            spatial_shapes (L (H, W) pairs), enc_hidden (B, Q, D) the selected proposals'
+            features and enc_coords (B, Q, 4) their boxes in inverse-sigmoid space (both
+            un-detached).
         """
         flat = flatten_levels(maps, masks, pos_embeds, self.level_embed)
         memory = self.encoder(flat.src, flat.pos, flat.spatial_shapes, flat.valid_ratios,
