@@ -6,6 +6,8 @@ Times come from a fake clock, so rates and remaining times are the hand-computed
 import io
 import os.path as osp
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -46,6 +48,14 @@ def run(clock: Clock, stream, total: int, step: float = 0.5, **kwargs) -> None:
     """Count to ``total`` through track(), ``step`` seconds an item."""
     for _ in track(range(total), desc='write', stream=stream, **kwargs):
         clock.now += step
+
+
+def test_importing_progress_loads_no_heavy_library():
+    done = subprocess.run([sys.executable, '-c', 'import sys, densevit.progress; print(sorted('
+                           "{m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', "
+                           "'mmengine', 'tqdm'}))"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == '[]', done.stderr
 
 
 def test_format_time_and_rate():
@@ -165,9 +175,10 @@ def _tiny_runner(data_root: str, work_dir: str, **updates):
     return build_runner(load_config(CONFIG, options))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('terminal', [True, False])
 def test_hook_draws_train_and_val_bars_on_a_terminal_only(ade20k_root, tmp_path, monkeypatch,
-                                                         terminal):
+                                                         capsys, terminal):
     from densevit.engine.progress_hook import ProgressBarHook
     stream = FakeTerminal() if terminal else io.StringIO()
     monkeypatch.setattr('sys.stderr', stream)
@@ -175,8 +186,12 @@ def test_hook_draws_train_and_val_bars_on_a_terminal_only(ade20k_root, tmp_path,
     assert sum(isinstance(h, ProgressBarHook) for h in runner.hooks) == 1  # on by default
     runner.train()  # 12 images, batch 6: 2 iterations an epoch, 2 epochs, then 4 val images
     text = stream.getvalue()
-    if not terminal:  # LoggerHook writes the plain lines (to stdout); the bar writes nothing
+    if not terminal:  # the bar writes nothing; LoggerHook's plain lines (on stdout) have the
+        # remaining time of training and of the val loop
         assert '\r' not in text and 'it/s' not in text and 'train epoch' not in text, text
+        out = capsys.readouterr().out
+        assert re.search(r'Epoch\(train\) \[1\]\[1/2\] .* eta: \d:\d\d:\d\d ', out), out
+        assert re.search(r'Epoch\(val\) \[2\]\[2/4\] +eta: \d:\d\d:\d\d ', out), out
         return
     frames = [f.rstrip() for f in re.split(r'[\r\n]', text) if f.strip()]
     train = [f for f in frames if f.startswith('train epoch')]
