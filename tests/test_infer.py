@@ -178,3 +178,55 @@ def test_bad_input_is_one_line(bad, seg, det, ade20k_root, tmp_path, capsys):
     assert cli(['infer', config, checkpoint, image, '--out', str(tmp_path / 'o'), *extra,
                 *TINY]) == 1
     one_error_line(capsys, *named)
+
+
+def test_sam_without_prompts_writes_the_automatic_masks(sam, coco_root, tmp_path, monkeypatch):
+    import functools
+
+    import densevit.apis
+    from densevit.apis import SamAutomaticMaskGenerator
+    checkpoint, model = sam
+    # a random model's masks are not stable: keep every mask of a 4 x 4 point grid
+    options = dict(points_per_side=4, stability_score_thresh=0.0)
+    monkeypatch.setattr(densevit.apis, 'SamAutomaticMaskGenerator',
+                        functools.partial(SamAutomaticMaskGenerator, **options))
+    path = sorted(glob.glob(osp.join(coco_root, 'val2017', '*.jpg')))[0]
+    out = tmp_path / 'out'
+    assert cli(['infer', SAM, checkpoint, path, '--out', str(out), '--score-thr', '0',
+                *TINY]) == 0
+    records = json.load(open(out / 'masks.json'))
+    image = np.asarray(Image.open(path).convert('RGB'))
+    expected = SamAutomaticMaskGenerator(model, pred_iou_thresh=0.0, **options).generate(image)
+    assert len(records) == len(expected) > 0
+    expected = sorted(expected, key=lambda r: -r['area'])
+    for record, mask in zip(records, expected):
+        np.testing.assert_array_equal(mask_utils.decode(record['segmentation']),
+                                      mask['segmentation'])
+        assert record['prompt']['points'] == [[*map(float, mask['point_coords'][0]), 1]]
+
+
+@pytest.mark.slow  # two quickstart models built three times, 100 boxes prompted (~30 s)
+def test_prompted_instance_segmenter_loads_the_weights_its_config_names(coco_root, tmp_path):
+    from pycocotools.coco import COCO
+    parts = {}
+    for role, config in (('detector', DET), ('segmenter', SAM)):
+        torch.manual_seed(0)
+        parts[role] = str(tmp_path / f'{role}.pth')
+        torch.save({'state_dict': init_model(config).state_dict()}, parts[role])
+    config = osp.join(ROOT, 'configs/quickstart/dino-sam_vit-tiny_coco.py')
+    options = [f'model.detector={DET}', f'model.segmenter={SAM}',
+               f'model.detector_checkpoint={parts["detector"]}',
+               f'model.segmenter_checkpoint={parts["segmenter"]}']
+    path = sorted(glob.glob(osp.join(coco_root, 'val2017', '*.jpg')))[0]
+    out = tmp_path / 'out'
+    assert cli(['infer', config, '-', path, '--out', str(out), '--score-thr', '0',
+                '--cfg-options', *options]) == 0
+    records = json.load(open(out / 'predictions.json'))
+    model = init_model(config, cfg_options=dict(o.split('=', 1) for o in options))
+    pred = inference_model(model, path).pred_instances
+    assert len(records) == len(pred.scores) > 0
+    assert [r['category_id'] for r in records] == [COCO_CAT_IDS[k] for k in pred.labels.tolist()]
+    for record, mask in zip(records, pred.masks.numpy()):
+        np.testing.assert_array_equal(mask_utils.decode(record['segmentation']), mask)
+    gt = COCO(osp.join(coco_root, 'annotations/instances_val2017.json'))
+    assert len(gt.loadRes(records).getAnnIds()) == len(records)

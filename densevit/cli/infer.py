@@ -111,6 +111,14 @@ def task_of(model_type: str) -> str:
                    f'PromptableSegmenter models; the config builds a {cls.__name__}')
 
 
+def _loads_own_weights(model_type) -> bool:
+    """Whether the model loads its parts' weights as it is built (its config names them)."""
+    from densevit.models.tasks.prompted_instance_segmenter import PromptedInstanceSegmenter
+    from densevit.registry import MODELS
+    cls = MODELS.get(model_type) if isinstance(model_type, str) else model_type
+    return isinstance(cls, type) and issubclass(cls, PromptedInstanceSegmenter)
+
+
 def dataset_meta(model) -> dict:
     """The checkpoint's dataset metainfo (classes, palette, COCO cat_ids) or, when it records
     none, that of the config's test dataset type with the config's ``metainfo`` overrides."""
@@ -246,7 +254,9 @@ def parse_args(argv=None, prog=None) -> argparse.Namespace:
         '--points / --boxes apply to every image; with none, SAM segments everything '
         '(automatic mask generation).')
     parser.add_argument('config', metavar='CONFIG', help='config file')
-    parser.add_argument('checkpoint', metavar='CHECKPOINT', help='checkpoint file')
+    parser.add_argument('checkpoint', metavar='CHECKPOINT',
+                        help='checkpoint file; "-" for a model whose config names its weights '
+                        '(PromptedInstanceSegmenter)')
     parser.add_argument('inputs', metavar='INPUT', nargs='+',
                         help="image files, folders or glob patterns ('imgs/*.jpg')")
     parser.add_argument('--out', required=True, metavar='DIR', help='output folder')
@@ -278,11 +288,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
     boxes = [parse_box(text) for text in args.boxes]
     if not osp.isfile(args.config):
         raise CLIError(f'config file {args.config} does not exist')
-    if not osp.isfile(args.checkpoint):
-        raise CLIError(f'checkpoint {args.checkpoint} does not exist')
     from densevit.apis import load_config
     cfg = load_config(args.config, args.cfg_options)
     task = task_of(cfg.model.get('type'))
+    if args.checkpoint == '-':
+        if not _loads_own_weights(cfg.model.get('type')):
+            raise CLIError(f'{args.config}: a {cfg.model.get("type")} needs a CHECKPOINT ("-" '
+                           'only for models whose config names their weights, such as a '
+                           'PromptedInstanceSegmenter)')
+        args.checkpoint = None
+    elif not osp.isfile(args.checkpoint):
+        raise CLIError(f'checkpoint {args.checkpoint} does not exist')
     if (points or boxes) and task != 'sam':
         raise CLIError(f'--points and --boxes prompt SAM models; {args.config} builds a '
                        f'{cfg.model.type} ({task})')
