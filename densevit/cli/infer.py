@@ -13,7 +13,9 @@ For every image it writes an overlay, ``DIR/vis/<name>.png``, and the raw predic
   to every image; without prompts, SamAutomaticMaskGenerator segments everything.
 
 ``image_id`` is the file's stem as a number when it is one (COCO names its files so), else the
-file name. Images go through the model ``--batch-size`` at a time (SAM: the image encoder).
+file name. Images go through the model ``--batch-size`` at a time (SAM: the image encoder; the
+automatic generator embeds one image, or crop, at a time). CHECKPOINT ``-`` runs a model whose
+config names its own weights (a PromptedInstanceSegmenter's detector and segmenter).
 """
 from __future__ import annotations
 
@@ -260,7 +262,7 @@ def parse_args(argv=None, prog=None) -> argparse.Namespace:
     parser.add_argument('inputs', metavar='INPUT', nargs='+',
                         help="image files, folders or glob patterns ('imgs/*.jpg')")
     parser.add_argument('--out', required=True, metavar='DIR', help='output folder')
-    parser.add_argument('--score-thr', type=float, default=None,
+    parser.add_argument('--score-thr', type=float, default=None, metavar='T',
                         help='detection: draw detections scoring at least this (default 0.3; '
                         'predictions.json keeps all); SAM automatic masks: predicted-IoU '
                         'threshold (default 0.88)')
