@@ -127,10 +127,23 @@ def feature_maps(model, size: tuple[int, int]) -> list[tuple[str, str, int, int,
     return rows
 
 
+def attention_flops(inputs: list, outputs: list) -> int:
+    """FLOPs of ``aten::scaled_dot_product_attention``, which mmengine's FlopAnalyzer does not
+    count on its own: its two matrix products, ``q @ k^T`` and ``attn @ v``, one multiply-add =
+    1 FLOP as the analyzer counts ``matmul``. Query (..., L, E), key (..., S, E), value
+    (..., S, Ev): L * S * (E + Ev) per batch and head. The softmax is not counted, as the
+    analyzer leaves element-wise operations out."""
+    from mmengine.analysis.jit_handles import get_shape
+    query, key, value = (get_shape(tensor) for tensor in inputs[:3])
+    *batch, length, dim = query
+    return math.prod(batch) * length * key[-2] * (dim + value[-1])
+
+
 def count_flops(model, size: tuple[int, int]) -> tuple[int, dict[str, int], str]:
     """(total, {top-level part: flops}, what was measured): one forward of a (1, 3, H, W) batch
     in ``mode='tensor'`` (backbone, neck, head; no post-processing), counted by mmengine's
-    FlopAnalyzer (one multiply-add = one FLOP, as fvcore). Falls back to the backbone and neck
+    FlopAnalyzer (one multiply-add = one FLOP, as fvcore), attention included
+    (:func:`attention_flops`). Falls back to the backbone and neck
     when the whole model cannot be traced."""
     import torch
     from mmengine.analysis import FlopAnalyzer
@@ -159,6 +172,7 @@ def count_flops(model, size: tuple[int, int]) -> tuple[int, dict[str, int], str]
             analyzer = FlopAnalyzer(module, (x,))
             analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             analyzer.tracer_warnings('none')
+            analyzer.set_op_handle('aten::scaled_dot_product_attention', attention_flops)
             total = analyzer.total()
             by_module = analyzer.by_module()
         except Exception as exc:  # noqa: BLE001  (tracing fails on data-dependent control flow)
