@@ -24,7 +24,7 @@ GAP = 4  # side_by_side's default gap
 
 def _browse(family, root, out, *extra):
     return cli(['browse', osp.join(ROOT, CONFIGS[family]), '--data-root', root, '-n', '2',
-                '--out', str(out), *extra])
+                '--out', str(out), '--min-side', '0', *extra])
 
 
 def _source(root: str, picture: str) -> np.ndarray:

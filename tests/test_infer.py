@@ -23,7 +23,8 @@ from .test_cli import one_error_line
 SEG = osp.join(ROOT, 'configs/quickstart/segmenter-linear_vit-tiny_ade20k.py')
 DET = osp.join(ROOT, 'configs/quickstart/dino_vit-tiny_coco.py')
 SAM = osp.join(ROOT, 'configs/quickstart/sam_vit-tiny_coco.py')
-TINY = ['--cfg-options', 'model.backbone.depth=1']
+# one block; overlays at the image size (no display enlargement) so pixels compare directly
+TINY = ['--min-side', '0', '--cfg-options', 'model.backbone.depth=1']
 
 
 def _checkpoint(tmp_path_factory, config: str, meta) -> tuple:
@@ -78,6 +79,27 @@ def test_segmentation_label_maps_equal_inference_model_and_overlays_blend_them(s
             assert np.abs(overlay[:, :w] - blend).max() <= 1.0
             assert (overlay[:, :w] != image.round()).any(axis=2).mean() > 0.5
             assert overlay[:, w:].std() > 10  # the legend is drawn, not a blank strip
+
+
+def test_small_images_are_drawn_enlarged_and_predictions_keep_their_size(seg, ade20k_root,
+                                                                         tmp_path):
+    """--min-side twice the image's shorter side: the overlay is the blend of the image and its
+    label map each enlarged by 2 (nearest); the label map PNG stays at the image size."""
+    checkpoint, _ = seg
+    path = sorted(glob.glob(osp.join(ade20k_root, 'images/validation', '*.jpg')))[0]
+    image = np.asarray(Image.open(path).convert('RGB')).astype(np.float64)
+    out = tmp_path / 'out'
+    assert cli(['infer', SEG, checkpoint, path, '--out', str(out), *TINY, '--min-side',
+                str(2 * min(image.shape[:2]))]) == 0
+    stem = osp.splitext(osp.basename(path))[0]
+    label_map = np.asarray(Image.open(out / 'pred' / f'{stem}.png'))
+    assert label_map.shape == image.shape[:2]
+    blend = (image + np.asarray(ADE20K_PALETTE)[label_map]) / 2
+    big = np.kron(blend, np.ones((2, 2, 1)))  # nearest-neighbour x2, computed independently
+    overlay = _png(out / 'vis' / f'{stem}.png')
+    h, w = big.shape[:2]
+    assert overlay.shape[0] == h and overlay.shape[1] > w
+    assert np.abs(overlay[:, :w] - big).max() <= 1.0
 
 
 def test_detection_results_load_against_the_ground_truth(det, coco_root, tmp_path):

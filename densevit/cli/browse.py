@@ -67,27 +67,31 @@ def to_image(inputs, pipeline=None, bgr: bool = False) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def draw_sample(image: np.ndarray, sample, meta: dict) -> tuple[np.ndarray, list]:
-    """``image`` with ``sample``'s annotations drawn (crowd regions in grey, labelled "crowd");
-    returns it and the label maps drawn (for one legend over all panels)."""
-    from densevit.visualization import draw_boxes, draw_instances, draw_sem_seg
+def draw_sample(image: np.ndarray, sample, meta: dict, factor: int = 1
+                ) -> tuple[np.ndarray, list]:
+    """``image`` enlarged ``factor`` times (:func:`~densevit.visualization.enlarge`) with
+    ``sample``'s annotations drawn (crowd regions in grey, labelled "crowd"); returns it and the
+    label maps drawn (for one legend over all panels)."""
+    from densevit.visualization import draw_boxes, draw_instances, draw_sem_seg, enlarge
     classes = list(meta.get('classes') or [])
     palette = meta.get('palette')
+    image = enlarge(image, factor)
     label_maps = []
     if 'gt_sem_seg' in sample:
         labels = sample.gt_sem_seg.data[0].cpu().numpy()
-        image = draw_sem_seg(image, labels, palette)
+        image = draw_sem_seg(image, enlarge(labels, factor), palette)
         label_maps.append(labels)
     if 'gt_instances' in sample and 'bboxes' in sample.gt_instances:
         gt = sample.gt_instances
-        masks = gt.masks.cpu().numpy() if 'masks' in gt and len(gt.masks) else None
-        image = draw_instances(image, gt.bboxes.cpu().numpy(), gt.labels.cpu().numpy(), None,
-                               classes, palette, masks)
+        masks = (enlarge(gt.masks.cpu().numpy(), factor, axes=(1, 2))
+                 if 'masks' in gt and len(gt.masks) else None)
+        image = draw_instances(image, gt.bboxes.cpu().numpy() * factor,
+                               gt.labels.cpu().numpy(), None, classes, palette, masks)
     crowd = sample.get('ignored_instances')
     if crowd is not None and 'bboxes' in crowd and len(crowd.bboxes):
         grey = (160, 160, 160)
-        image = draw_boxes(image, crowd.bboxes.cpu().numpy(), [grey] * len(crowd.bboxes),
-                           ['crowd'] * len(crowd.bboxes))
+        image = draw_boxes(image, crowd.bboxes.cpu().numpy() * factor,
+                           [grey] * len(crowd.bboxes), ['crowd'] * len(crowd.bboxes))
     return image, label_maps
 
 
@@ -102,12 +106,15 @@ def _describe(sample, image: np.ndarray) -> str:
     return text
 
 
-def browse(cfg, config: str, split: str, num: int, seed: int, out_dir: str) -> list[str]:
-    """Write ``num`` pictures of ``split`` samples to ``out_dir``; returns their paths."""
+def browse(cfg, config: str, split: str, num: int, seed: int, out_dir: str,
+           min_side: int = 0) -> list[str]:
+    """Write ``num`` pictures of ``split`` samples to ``out_dir``; returns their paths. Panels
+    whose shorter side is under ``min_side`` pixels are drawn enlarged (an integer factor)."""
     from PIL import Image
 
     from densevit.engine.hooks import safe_file_stem
-    from densevit.visualization import add_legend, legend_entries, side_by_side
+    from densevit.progress import track
+    from densevit.visualization import add_legend, display_factor, legend_entries, side_by_side
     import torch
     random.seed(seed)
     np.random.seed(seed)
@@ -123,7 +130,7 @@ def browse(cfg, config: str, split: str, num: int, seed: int, out_dir: str) -> l
                                                 replace=False)
     os.makedirs(out_dir, exist_ok=True)
     written = []
-    for idx in chosen.tolist():
+    for idx in track(chosen.tolist(), desc=f'browse {split}'):
         packed = None
         for _ in range(10):  # a random step may reject a draw (returns None): draw again
             packed = dataset.prepare_data(idx)
@@ -136,7 +143,8 @@ def browse(cfg, config: str, split: str, num: int, seed: int, out_dir: str) -> l
         panels, titles, label_maps = [], [], []
         for name, item in (('original', original), ('after the pipeline', packed)):
             image = to_image(item['inputs'], dataset.pipeline.transforms, bgr)
-            drawn, maps = draw_sample(image, item['data_samples'], meta)
+            factor = display_factor(*image.shape[:2], min_side)
+            drawn, maps = draw_sample(image, item['data_samples'], meta, factor)
             panels.append(drawn)
             titles.append(f'{name} {_describe(item["data_samples"], image)}')
             label_maps += maps
@@ -163,6 +171,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> list[str]:
     parser.add_argument('--seed', type=int, default=0,
                         help='picks the samples and seeds the random transforms (default 0)')
     parser.add_argument('--out', required=True, metavar='DIR', help='folder for the PNGs')
+    parser.add_argument('--min-side', type=int, default=384, metavar='PX',
+                        help='draw images whose shorter side is smaller enlarged by a whole '
+                        'factor, so boxes and labels stay legible (default 384; 0: never)')
     parser.add_argument('--data-root', metavar='DIR',
                         help='the dataset root (moves every path of the config, as '
                         '--cfg-options data_root=DIR does)')
@@ -178,7 +189,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> list[str]:
         options['data_root'] = args.data_root
     from densevit.apis import load_config
     cfg = load_config(args.config, options)
-    paths = browse(cfg, args.config, args.split, args.num, args.seed, args.out)
+    paths = browse(cfg, args.config, args.split, args.num, args.seed, args.out, args.min_side)
     print(f'wrote {len(paths)} pictures of {args.split} samples to {args.out}')
     return paths
 

@@ -275,6 +275,10 @@ def parse_args(argv=None, prog=None) -> argparse.Namespace:
                         '0 background')
     parser.add_argument('--boxes', nargs='+', default=[], metavar='X1,Y1,X2,Y2',
                         help='SAM box prompts in image pixels; one mask per box')
+    parser.add_argument('--min-side', type=int, default=384, metavar='PX',
+                        help='draw overlays of images whose shorter side is smaller enlarged by '
+                        'a whole factor, so boxes and labels stay legible (default 384; 0: '
+                        'never; raw predictions keep the image size)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config keys, e.g. model.test_cfg.max_per_img=50')
     args = parser.parse_args(argv)
@@ -310,7 +314,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
 
     from densevit.apis import init_model
     from densevit.datasets.transforms import read_image
-    from densevit.visualization import draw_instances, draw_sam, draw_sem_seg
+    from densevit.progress import Progress
+    from densevit.visualization import (display_factor, draw_instances, draw_sam, draw_sem_seg,
+                                        enlarge)
     model = init_model(cfg, args.checkpoint, device=args.device)
     meta = dataset_meta(model)
     classes = list(meta.get('classes') or [])
@@ -334,64 +340,71 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
             generator = SamAutomaticMaskGenerator(model, **options)
     score_thr = 0.3 if args.score_thr is None else args.score_thr
 
-    for start in range(0, len(paths), args.batch_size):
-        batch_paths = paths[start:start + args.batch_size]
-        images = [read_image(path) for path in batch_paths]
-        batch_names = [names(path) for path in batch_paths]
-        if task in ('detection', 'segmentation'):
-            from densevit.apis import inference_model
-            samples = inference_model(model, images)
-        elif predictor is not None:
-            embeddings = sam_embed(predictor, images)
-        for k, (path, image, name) in enumerate(zip(batch_paths, images, batch_names)):
-            if task == 'segmentation':
-                labels = samples[k].pred_sem_seg.data[0].cpu().numpy()
-                drawn = draw_sem_seg(image, labels, palette, classes=classes or None)
-                wide = max(len(classes), int(labels.max()) + 1) > 256
-                Image.fromarray(labels.astype(np.uint16 if wide else np.uint8)).save(
-                    osp.join(args.out, 'pred', f'{name}.png'))
-            elif task == 'detection':
-                pred = samples[k].pred_instances
-                masks = pred.masks.cpu().numpy().astype(bool) if 'masks' in pred else None
-                drawn = draw_instances(image, pred.bboxes.cpu().numpy(),
-                                       pred.labels.cpu().numpy(), pred.scores.cpu().numpy(),
-                                       classes, palette, masks, score_thr)
-                records += coco_results(image_id_of(path), pred, meta.get('cat_ids'))
+    with Progress(len(paths), desc='infer', unit='img') as progress:
+        for start in range(0, len(paths), args.batch_size):
+            batch_paths = paths[start:start + args.batch_size]
+            images = [read_image(path) for path in batch_paths]
+            batch_names = [names(path) for path in batch_paths]
+            if task in ('detection', 'segmentation'):
+                from densevit.apis import inference_model
+                samples = inference_model(model, images)
             elif predictor is not None:
-                _set_embedding(predictor, embeddings[k])
-                results = sam_prompted(predictor, points, boxes)
-                predictor.reset_image()
-                drawn = draw_sam(image, np.stack([r['mask'] for r in results]),
-                                 np.asarray([r['score'] for r in results]),
-                                 np.asarray([p[:2] for p in points]).reshape(-1, 2),
-                                 np.asarray([p[2] for p in points]),
-                                 np.asarray(boxes).reshape(-1, 4))
-                records += [dict(image_id=image_id_of(path), file_name=osp.basename(path),
-                                 segmentation=encode_mask(r['mask']), score=round(r['score'], 5),
-                                 bbox=_mask_box(r['mask']), prompt=r['prompt'])
-                            for r in results]
-            else:
-                from pycocotools import mask as mask_utils
-                found = sorted(generator.generate(image), key=lambda r: -r['area'])
-                masks = np.zeros((0, *image.shape[:2]), bool)
-                if found:
-                    masks = np.stack([mask_utils.decode(r['segmentation']).astype(bool)
-                                      for r in found])
-                seeds = np.asarray([r['point_coords'][0] for r in found]).reshape(-1, 2)
-                drawn = draw_sam(image, masks, None, seeds, np.ones(len(seeds), np.int64))
-                for r in found:
-                    r['segmentation']['counts'] = _text(r['segmentation']['counts'])
-                records += [dict(image_id=image_id_of(path), file_name=osp.basename(path),
-                                 segmentation=r['segmentation'],
-                                 score=round(float(r['predicted_iou']), 5),
-                                 bbox=[float(v) for v in r['bbox']],
-                                 stability_score=round(float(r['stability_score']), 5),
-                                 prompt=dict(points=[[float(v) for v in r['point_coords'][0]]
-                                                     + [1]]))
-                            for r in found]
-            overlay = osp.join(vis_dir, f'{name}.png')
-            Image.fromarray(drawn).save(overlay)
-            overlays.append(overlay)
+                embeddings = sam_embed(predictor, images)
+            for k, (path, image, name) in enumerate(zip(batch_paths, images, batch_names)):
+                f = display_factor(*image.shape[:2], args.min_side)  # overlays only
+                shown = enlarge(image, f)
+                if task == 'segmentation':
+                    labels = samples[k].pred_sem_seg.data[0].cpu().numpy()
+                    drawn = draw_sem_seg(shown, enlarge(labels, f), palette, classes=classes or None)
+                    wide = max(len(classes), int(labels.max()) + 1) > 256
+                    Image.fromarray(labels.astype(np.uint16 if wide else np.uint8)).save(
+                        osp.join(args.out, 'pred', f'{name}.png'))
+                elif task == 'detection':
+                    pred = samples[k].pred_instances
+                    masks = pred.masks.cpu().numpy().astype(bool) if 'masks' in pred else None
+                    drawn = draw_instances(shown, pred.bboxes.cpu().numpy() * f,
+                                           pred.labels.cpu().numpy(), pred.scores.cpu().numpy(),
+                                           classes, palette,
+                                           None if masks is None else enlarge(masks, f, (1, 2)),
+                                           score_thr)
+                    records += coco_results(image_id_of(path), pred, meta.get('cat_ids'))
+                elif predictor is not None:
+                    _set_embedding(predictor, embeddings[k])
+                    results = sam_prompted(predictor, points, boxes)
+                    predictor.reset_image()
+                    drawn = draw_sam(shown, enlarge(np.stack([r['mask'] for r in results]), f, (1, 2)),
+                                     np.asarray([r['score'] for r in results]),
+                                     np.asarray([p[:2] for p in points]).reshape(-1, 2) * f,
+                                     np.asarray([p[2] for p in points]),
+                                     np.asarray(boxes).reshape(-1, 4) * f)
+                    records += [dict(image_id=image_id_of(path), file_name=osp.basename(path),
+                                     segmentation=encode_mask(r['mask']), score=round(r['score'], 5),
+                                     bbox=_mask_box(r['mask']), prompt=r['prompt'])
+                                for r in results]
+                else:
+                    from pycocotools import mask as mask_utils
+                    found = sorted(generator.generate(image), key=lambda r: -r['area'])
+                    masks = np.zeros((0, *image.shape[:2]), bool)
+                    if found:
+                        masks = np.stack([mask_utils.decode(r['segmentation']).astype(bool)
+                                          for r in found])
+                    seeds = np.asarray([r['point_coords'][0] for r in found]).reshape(-1, 2)
+                    drawn = draw_sam(shown, enlarge(masks, f, (1, 2)), None, seeds * f,
+                                     np.ones(len(seeds), np.int64))
+                    for r in found:
+                        r['segmentation']['counts'] = _text(r['segmentation']['counts'])
+                    records += [dict(image_id=image_id_of(path), file_name=osp.basename(path),
+                                     segmentation=r['segmentation'],
+                                     score=round(float(r['predicted_iou']), 5),
+                                     bbox=[float(v) for v in r['bbox']],
+                                     stability_score=round(float(r['stability_score']), 5),
+                                     prompt=dict(points=[[float(v) for v in r['point_coords'][0]]
+                                                         + [1]]))
+                                for r in found]
+                overlay = osp.join(vis_dir, f'{name}.png')
+                Image.fromarray(drawn).save(overlay)
+                overlays.append(overlay)
+                progress.update()
 
     predictions = None
     if task == 'detection':

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import math
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ['index_color', 'draw_boxes', 'draw_masks', 'draw_instances', 'draw_sem_seg',
+__all__ = ['display_factor', 'enlarge', 'index_color', 'draw_boxes', 'draw_masks', 'draw_instances', 'draw_sem_seg',
            'legend_entries', 'draw_legend', 'add_legend', 'draw_prompts', 'draw_sam',
            'side_by_side', 'POSITIVE_COLOR', 'NEGATIVE_COLOR', 'PROMPT_BOX_COLOR']
 
@@ -29,6 +31,23 @@ def _check_image(image: np.ndarray, name: str = 'image') -> np.ndarray:
         raise ValueError(f'{name} must be an RGB uint8 array (H, W, 3); got {image.dtype} '
                          f'{image.shape}')
     return image
+
+
+def display_factor(height: int, width: int, min_side: int) -> int:
+    """The integer factor that brings an image's shorter side to at least ``min_side`` pixels
+    (1 when it is there already, or ``min_side`` is 0): pictures of small images are drawn on an
+    enlarged copy, so lines and labels keep their width instead of covering the objects."""
+    if min_side <= 0:
+        return 1
+    return max(1, math.ceil(min_side / max(1, min(height, width))))
+
+
+def enlarge(array: np.ndarray, factor: int, axes: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """``array`` repeated ``factor`` times along ``axes`` (nearest-neighbour upscaling of an
+    image (H, W, 3), a label map (H, W) or masks (N, H, W) with ``axes=(1, 2)``)."""
+    if factor == 1:
+        return array
+    return np.repeat(np.repeat(array, factor, axis=axes[0]), factor, axis=axes[1])
 
 
 def index_color(index: int, palette: Sequence[Sequence[int]] | None = None) -> Color:
