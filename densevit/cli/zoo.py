@@ -23,7 +23,8 @@ from typing import Any, Iterable
 from . import CLIError
 from ._repo import REPO
 
-__all__ = ['main', 'entry', 'render', 'table_rows', 'stale_rows', 'zoo_configs', 'target',
+__all__ = ['main', 'entry', 'render', 'table_rows', 'page_flops', 'stale_rows', 'zoo_configs',
+           'target',
            'describe', 'Entry', 'COLUMNS', 'REPRODUCED']
 
 DEFAULT_OUT = osp.join('docs', 'model_zoo.md')
@@ -56,6 +57,7 @@ class Entry:
     source: str
     weights: list[tuple[str, str]] = field(default_factory=list)
     convert: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     reproduced: str = REPRODUCED
 
     def row(self) -> dict[str, str]:
@@ -190,18 +192,23 @@ def entry(config: str, root: str = REPO, flops: bool = True) -> Entry:
             model = MODELS.build(_without_weights(cfg.model.to_dict())).eval()
         total, _ = count_parameters(model)
         size, _ = input_size(cfg)
-        flops_text = '?'
+        flops_text, notes = '?', []
         if flops:
-            with torch.no_grad():  # the trace keeps no activations for a backward
-                count, _, what = count_flops(model, size)
-            flops_text = _count(count) + ('' if what.startswith('one forward') else
-                                          ' (backbone and neck)')
+            try:
+                with torch.no_grad():  # the trace keeps no activations for a backward
+                    count, _, what = count_flops(model, size)
+                flops_text = _count(count) + ('' if what.startswith('one forward') else
+                                              ' (backbone and neck)')
+            except CLIError as error:  # the model does not trace: say so on the page
+                flops_text = 'not counted'
+                notes.append(f'FLOPs not counted: {error}')
         del model
         published, source = target(config)
         return Entry(config=config.replace(os.sep, '/'), task=task, backbone=backbone,
                      params=_count(total), flops=flops_text, input=f'{size[0]}x{size[1]}',
                      target=published or 'none named in the config', source=source,
-                     weights=expected_weights(cfg), convert=converter_commands(config))
+                     weights=expected_weights(cfg), convert=converter_commands(config),
+                     notes=notes)
 
 
 def _cell(text: str) -> str:
@@ -246,6 +253,7 @@ def render(entries: Iterable[Entry]) -> str:
             lines.append(f'- loads `{path}` (`{key}`)')
         for command in item.convert:
             lines.append(f'- convert: `{command}`')
+        lines += [f'- {note}' for note in item.notes]
         lines.append(f'- reproduced by densevit: {item.reproduced}')
         lines.append('')
     return '\n'.join(lines)
@@ -261,6 +269,18 @@ def table_rows(page: str) -> dict[str, dict[str, str]]:
                      for cell in re.split(r'(?<!\\)\|', line.strip()[1:-1])]
             rows[match.group(1)] = dict(zip(COLUMNS, cells))
     return rows
+
+
+def page_flops(page: str) -> dict[str, tuple[str, list[str]]]:
+    """{config: (FLOPs cell, FLOPs notes)} as a page states them: what ``--no-flops`` keeps."""
+    notes, current = {}, None
+    for line in page.splitlines():
+        if line.startswith('### '):
+            current = line[4:]
+        elif current and line.startswith('- FLOPs not counted:'):
+            notes.setdefault(current, []).append(line[2:])
+    return {config: (row['FLOPs'], notes.get(config, []))
+            for config, row in table_rows(page).items()}
 
 
 def stale_rows(old: str, new: str) -> list[str]:
@@ -289,7 +309,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> list[Entry]:
             old = f.read()
     elif args.check:
         raise CLIError(f'{out} does not exist: write it with densevit zoo --out {args.out}')
-    kept = table_rows(old or '') if args.no_flops else {}
+    kept = page_flops(old or '') if args.no_flops else {}
     configs = zoo_configs()
     entries = []
     for i, config in enumerate(configs, 1):
@@ -297,7 +317,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> list[Entry]:
             print(f'[{i}/{len(configs)}] {config}', file=sys.stderr, flush=True)
         item = entry(config, flops=not args.no_flops)
         if args.no_flops:
-            item.flops = kept.get(item.config, {}).get('FLOPs', '?')
+            item.flops, item.notes = kept.get(item.config, ('?', []))
         entries.append(item)
     page = render(entries) + '\n'
     if args.check:
