@@ -16,6 +16,9 @@ group pair of the map is a sub-grid holding a plain dilation-1 problem; its quer
 overlapping strided views, so every tile attends to its ``(a + 2p) x (b + 2p)`` halo through one
 batched SDPA call per part (interior rows, border rows) with a small additive mask that hides
 keys outside each query's window (and carries ``rpb``). Memory grows with N * k^2, never N^2.
+
+Under ``torch.compile`` the tiled path is the opaque operator ``densevit::na2d_tiled`` (see
+``_na2d_op``), so a NAT / DiNAT block compiles without graph breaks.
 """
 from __future__ import annotations
 
@@ -210,4 +213,69 @@ def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel_siz
         import natten
 
         return natten.na2d(query, key, value, kernel, dilation=dil)
+    if torch.compiler.is_compiling():
+        return _na2d_op(query, key, value, list(kernel), list(dil), rpb)
     return _na2d_tiled(query, key, value, kernel, dil, rpb)
+
+
+# Under torch.compile the tiled path is one opaque operator: dynamo cannot trace its strided
+# views (``storage_offset``) and cached plans without breaking the graph dozens of times per
+# block, and inductor has nothing to fuse in it anyway. Eager calls keep the plain autograd of the
+# tiled path; the compiled backward recomputes the forward inside ``_na2d_backward_op`` (one more
+# na2d forward per training step, the price of an opaque forward).
+@torch.library.custom_op("densevit::na2d_tiled", mutates_args=())
+def _na2d_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel: list[int],
+             dilation: list[int], rpb: Optional[torch.Tensor]) -> torch.Tensor:
+    return _na2d_tiled(query, key, value, tuple(kernel), tuple(dilation), rpb)
+
+
+@_na2d_op.register_fake
+def _(query, key, value, kernel, dilation, rpb):
+    return torch.empty_like(query, memory_format=torch.contiguous_format)
+
+
+def _autograd_dispatch():
+    """Autograd dispatch back on inside a custom op's kernel, which runs with it excluded (as
+    torch's own ``invoke_leaf_function`` does; autocast stays excluded, as in the forward)."""
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for key in (torch._C.DispatchKey.AutogradOther, torch._C.DispatchKey.AutogradCPU,
+                torch._C.DispatchKey.AutogradCUDA, torch._C.DispatchKey.AutogradNestedTensor):
+        exclude = exclude.remove(key)
+    return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude)
+
+
+@torch.library.custom_op("densevit::na2d_tiled_backward", mutates_args=())
+def _na2d_backward_op(grad: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
+                      value: torch.Tensor, kernel: list[int], dilation: list[int],
+                      rpb: Optional[torch.Tensor]) -> list[torch.Tensor]:
+    """Gradients of query, key, value (and rpb when given) of ``_na2d_op`` at ``grad``, each
+    contiguous."""
+    inputs = [t.detach().requires_grad_(True) for t in (query, key, value)]
+    if rpb is not None:
+        inputs.append(rpb.detach().requires_grad_(True))
+    with _autograd_dispatch(), torch.enable_grad():
+        out = _na2d_tiled(*inputs[:3], tuple(kernel), tuple(dilation),
+                          inputs[3] if rpb is not None else None)
+        return [g.contiguous() for g in torch.autograd.grad(out, inputs, grad)]
+
+
+@_na2d_backward_op.register_fake
+def _(grad, query, key, value, kernel, dilation, rpb):
+    tensors = (query, key, value) if rpb is None else (query, key, value, rpb)
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
+
+
+def _na2d_op_setup(ctx, inputs, output) -> None:
+    query, key, value, kernel, dilation, rpb = inputs
+    ctx.kernel, ctx.dilation, ctx.has_rpb = kernel, dilation, rpb is not None
+    ctx.save_for_backward(query, key, value, rpb)
+
+
+def _na2d_op_backward(ctx, grad):
+    query, key, value, rpb = ctx.saved_tensors
+    grads = _na2d_backward_op(grad, query, key, value, ctx.kernel, ctx.dilation,
+                              rpb if ctx.has_rpb else None)
+    return grads[0], grads[1], grads[2], None, None, grads[3] if ctx.has_rpb else None
+
+
+_na2d_op.register_autograd(_na2d_op_backward, setup_context=_na2d_op_setup)
