@@ -7,41 +7,22 @@
 0. Shortcuts on the stand-in, the floor any learned number must clear: each val pixel labelled
    with the class of the nearest mean training colour (a colour lookup), with the most frequent
    training class at its relative position (a place prior), or with the most frequent class.
-2. Sliding-window inference throughput of a UperNet segmentor (Swin-T backbone): 512x512 windows,
-   stride 341, on one 2048x1024 image (the ADE20K / Cityscapes test setting), with windows run one
-   at a time and batched. ``quick`` uses a shrunken Swin and a 512x256 image.
+2. Sliding-window inference throughput of UperNet Swin-T: 512x512 windows, stride 341, on one
+   2048x1024 image (the ADE20K / Cityscapes test setting), densevit's Segmentor with windows run
+   one at a time and batched against transformers' UperNet run window by window with the same
+   stitching, on the same weights. ``quick`` uses 256x256 windows on a 512x256 image.
 """
 from __future__ import annotations
 
 import os
 import os.path as osp
 import tempfile
-import time
 
 import numpy as np
 import torch
 
 import densevit.models  # noqa: F401  (registers modules)
 from densevit.models.tasks.segmentor import slide_windows
-from densevit.registry import MODELS
-from densevit.structures import DataSample
-
-
-def _model(quick: bool, crop: int, stride: int, batch_size: int):
-    if quick:
-        backbone = dict(type='Swin', arch='tiny', embed_dim=32, depths=(1, 1, 1, 1),
-                        num_heads=(1, 2, 4, 8), drop_path_rate=0.0)
-        channels = 64
-    else:
-        backbone = dict(type='Swin', arch='tiny', drop_path_rate=0.0)
-        channels = 512
-    return MODELS.build(dict(
-        type='Segmentor', backbone=backbone,
-        decode_head=dict(type='UPerHead', num_classes=150, channels=channels),
-        data_preprocessor=dict(type='SegDataPreprocessor'),
-        test_cfg=dict(mode='slide', crop_size=(crop, crop), stride=(stride, stride),
-                      batch_size=batch_size))).eval()
-
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 QUICKSTART = osp.join(ROOT, 'configs/quickstart/upernet_resnet18_ade20k.py')
@@ -129,27 +110,35 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def sliding_window(quick: bool) -> list[dict]:
+    """Sliding-window inference of UperNet Swin-T (channels 512) on one 2048x1024 image, 512x512
+    windows, stride 341 (3 x 6 = 18 windows), densevit's Segmentor with windows run 1 and 6 at a
+    time against transformers' model run window by window with the same stitching, on the same
+    weights (see benchmarks/upernet.py; each case in a fresh process). ``quick``: a 512x256
+    image, 256 windows, stride 171 (3 windows)."""
+    from benchmarks.upernet import measure, reference_weights
+
     height, width, crop, stride = (256, 512, 256, 171) if quick else (1024, 2048, 512, 341)
-    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8)
     num_windows = len(slide_windows((height, width), (crop, crop), (stride, stride)))
     rows = []
-    for batch_size in (1, 4):
-        torch.manual_seed(0)
-        model = _model(quick, crop, stride, batch_size)
-        sample = DataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width)))
-        data = model.data_preprocessor(dict(inputs=[image], data_samples=[sample]), False)
-        repeats = 2 if quick else 1
-        with torch.no_grad():
-            model.encode_decode(data['inputs'][..., :crop, :crop])  # warm-up on one window
-            start = time.perf_counter()
-            for _ in range(repeats):
-                model(**data, mode='predict')
-            seconds = (time.perf_counter() - start) / repeats
-        rows.append(dict(model='UperNet Swin-T' + (' (shrunk)' if quick else ''),
-                         image=f'{width}x{height}', window=f'{crop}x{crop}', stride=stride,
-                         windows=num_windows, window_batch=batch_size,
-                         seconds_per_image=seconds, images_per_s=1.0 / seconds,
-                         threads=torch.get_num_threads()))
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = osp.join(tmp, 'upernet_swin_t.pt')
+        reference_weights(weights)
+        ref, ref_out = measure('transformers', 'slide', height, weights, tmp,
+                               (width, crop, stride, 1))
+        for window_batch in (1, 6):
+            ours, ours_out = measure('ours', 'slide', height, weights, tmp,
+                                     (width, crop, stride, window_batch))
+            rows.append(dict(
+                model='UperNet Swin-T', image=f'{width}x{height}', window=f'{crop}x{crop}',
+                stride=stride, windows=num_windows, window_batch=window_batch,
+                ours_images_per_s=1.0 / ours['seconds'],
+                reference='transformers, window by window',
+                reference_images_per_s=1.0 / ref['seconds'],
+                ratio=ref['seconds'] / ours['seconds'], ours_cpu_s=ours['cpu_seconds'],
+                reference_cpu_s=ref['cpu_seconds'], ours_peak_mb=ours['peak_mb'],
+                reference_peak_mb=ref['peak_mb'],
+                max_rel_diff=((ours_out - ref_out).abs().max() / ref_out.abs().max()).item(),
+                threads=torch.get_num_threads()))
     return rows
 
 
