@@ -26,7 +26,8 @@ def test_targets_are_the_config_headers_target_lines():
             'Swin paper (Liu et al., ICCV 2021) Table 3 (ADE20K val); the official '
             'Swin-Transformer-Semantic-Segmentation model zoo agrees.')
     # two numbers stay together; the source runs over three header lines
-    published, source = zoo.target(osp.join(ROOT, 'configs/dino/dino-mask_r50_coco-lsj-1024-50e.py'))
+    mask_dino = osp.join(ROOT, 'configs/dino/dino-mask_r50_coco-lsj-1024-50e.py')
+    published, source = zoo.target(mask_dino)
     assert published == '46.3 mask AP, 51.7 box AP (COCO val2017)'
     assert source.startswith('IDEA-Research/MaskDINO README') and source.endswith('2048.yaml).')
     published, source = zoo.target(osp.join(ROOT, 'configs/dino/dino-4scale_dinat-t_coco-12e.py'))
@@ -93,7 +94,7 @@ def test_check_names_the_stale_row(tmp_path, monkeypatch, capsys):
     from densevit.apis import init_model
     model = init_model(osp.join(ROOT, SMALL[0]))
     assert row['params'] == f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M'
-    line = next(line for line in page.splitlines() if line.startswith(f'| [upernet_resnet18'))
+    line = next(line for line in page.splitlines() if line.startswith('| [upernet_resnet18'))
     with open(out, 'w', encoding='utf-8') as f:
         f.write(page.replace(line, line.replace(f'| {row["params"]} |', '| 1.00M |')))
     assert cli(['zoo', '--out', out, '--check', '--no-flops']) == 1

@@ -24,8 +24,7 @@ from . import CLIError
 from ._repo import REPO
 
 __all__ = ['main', 'entry', 'render', 'table_rows', 'page_flops', 'stale_rows', 'zoo_configs',
-           'target',
-           'describe', 'Entry', 'COLUMNS', 'REPRODUCED']
+           'target', 'describe', 'Entry', 'COLUMNS', 'REPRODUCED']
 
 DEFAULT_OUT = osp.join('docs', 'model_zoo.md')
 REPRODUCED = 'not yet'
@@ -162,6 +161,20 @@ def describe(model: dict) -> tuple[str, str]:
     return task, '-'
 
 
+def _input_size(cfg) -> tuple[int, int]:
+    """The config's input size (densevit info's), or its detector's for a model that wraps one
+    (a PromptedInstanceSegmenter runs on the detector's preprocessed batch)."""
+    from .info import input_size
+    try:
+        return input_size(cfg)[0]
+    except CLIError:
+        if 'detector' not in cfg.model:
+            raise
+        inner = cfg.copy()
+        inner.model = _model_dict(cfg.model.detector)
+        return input_size(inner)[0]
+
+
 @contextlib.contextmanager
 def _cwd(path: str):
     """Run in ``path``: configs name other files (``_base_`` aside) relative to the repository
@@ -183,25 +196,29 @@ def entry(config: str, root: str = REPO, flops: bool = True) -> Entry:
     from densevit.apis import load_config
     from densevit.registry import MODELS
 
-    from .info import (_count, converter_commands, count_flops, count_parameters,
-                       expected_weights, input_size)
+    from .info import _count, converter_commands, count_flops, count_parameters, expected_weights
     with _cwd(root):
         cfg = load_config(config)
         task, backbone = describe(cfg.model.to_dict())
         with torch.no_grad():
             model = MODELS.build(_without_weights(cfg.model.to_dict())).eval()
         total, _ = count_parameters(model)
-        size, _ = input_size(cfg)
+        size = _input_size(cfg)
         flops_text, notes = '?', []
-        if flops:
+        if flops and not hasattr(model, 'backbone'):
+            flops_text = 'not counted'
+            notes.append(f'FLOPs not counted: a {type(model).__name__} only predicts (no '
+                         'tensor forward to trace); its parts have their own rows')
+        elif flops:
             try:
                 with torch.no_grad():  # the trace keeps no activations for a backward
                     count, _, what = count_flops(model, size)
                 flops_text = _count(count) + ('' if what.startswith('one forward') else
                                               ' (backbone and neck)')
             except CLIError as error:  # the model does not trace: say so on the page
+                reason = str(error).removeprefix('FLOPs could not be counted: ')
                 flops_text = 'not counted'
-                notes.append(f'FLOPs not counted: {error}')
+                notes.append(f'FLOPs not counted: the model does not trace ({reason})')
         del model
         published, source = target(config)
         return Entry(config=config.replace(os.sep, '/'), task=task, backbone=backbone,
