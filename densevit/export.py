@@ -31,7 +31,9 @@ Both formats go through one ``torch.export`` capture; ONNX through PyTorch's dyn
 (``torch.onnx.export(..., dynamo=True)``, which needs onnxscript), chosen over the TorchScript
 exporter because that one is deprecated and cannot export UperNet's pyramid pooling
 (``adaptive_avg_pool2d`` with sizes it cannot see), and so the two formats hold the same graph.
-Opset 18 covers ``grid_sample`` (deformable attention, opset >= 16) and ``col2im``.
+Opset 18 is the oldest the dynamo exporter writes without converting versions (its torchlib
+opset; the default is 20), which widens the runtimes that load the file; ``grid_sample`` (the
+deformable attention) needs 16 or later.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_convert
 
-__all__ = ['FORMATS', 'OPSET', 'SegmentorGraph', 'DetectorGraph', 'SamEncoderGraph',
+__all__ = ['FORMATS', 'OPSET', 'SAM_PARTS', 'SegmentorGraph', 'DetectorGraph', 'SamEncoderGraph',
            'SamDecoderGraph', 'model_kind', 'build_graph', 'capture', 'export_graph',
            'write_atomically', 'run_exported', 'compare']
 
@@ -95,12 +97,12 @@ class SegmentorGraph(nn.Module):
 
     The segmentor's ``test_cfg`` mode (whole image or sliding window) on the image padded to the
     preprocessor's ``size_divisor``; logits cropped back to (H, W) and their argmax, as
-    ``Segmentor.predict`` gives them in ``seg_logits`` and ``pred_sem_seg``.
+    ``Segmentor.predict`` gives them in ``seg_logits`` and ``pred_sem_seg``. The batch is
+    dynamic in whole-image mode; a sliding window stacks the windows of every image, one by one.
     """
 
     input_names = ('image',)
     output_names = ('logits', 'labels')
-    dynamic_batch = True
     dim_names = {0: 'batch'}
 
     def __init__(self, model: nn.Module, size: Sequence[int]) -> None:
@@ -110,6 +112,8 @@ class SegmentorGraph(nn.Module):
         self.normalise = _Normalise(preprocessor, _padded_size(
             self.size, getattr(preprocessor, 'size_divisor', None)))
         self.model = model
+        self.fixed_batch = None if model.test_cfg['mode'] == 'whole' else (
+            "test_cfg mode='slide' loops over the windows of each image")
 
     def example_inputs(self, batch: int) -> tuple[torch.Tensor, ...]:
         return (_example_image(batch, self.size),)
@@ -132,8 +136,8 @@ class DetectorGraph(nn.Module):
     """
 
     input_names = ('image',)
-    dynamic_batch = False
     dim_names = {0: 'batch'}
+    fixed_batch = 'the deformable attention op loops over the images of a batch'
 
     def __init__(self, model: nn.Module, size: Sequence[int]) -> None:
         super().__init__()
@@ -176,12 +180,17 @@ class DetectorGraph(nn.Module):
 class SamEncoderGraph(nn.Module):
     """image (B, 3, H, W) float 0..255, H and W at most ``image_size`` -> image_embeddings
     (B, C, h, w): SAM's preprocessing (normalise, pad to the square input) and image encoder,
-    as ``PromptableSegmenter.image_embedding`` after ``SamDataPreprocessor``."""
+    as ``PromptableSegmenter.image_embedding`` after ``SamDataPreprocessor``.
+
+    Export it at the size of the resized images (the longer side at ``image_size``), e.g.
+    768 x 1024 for 3:4 photos and SAM's 1024. A square graph takes smaller images padded at the
+    bottom and right with the pixel mean (what normalises to SAM's zero padding).
+    """
 
     input_names = ('image',)
     output_names = ('image_embeddings',)
-    dynamic_batch = True
     dim_names = {0: 'batch'}
+    fixed_batch = None
 
     def __init__(self, model: nn.Module, size: Sequence[int]) -> None:
         super().__init__()
@@ -199,11 +208,8 @@ class SamEncoderGraph(nn.Module):
         return (_example_image(batch, self.size),)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(self.normalise(image))
-        if self.neck is not None:
-            for neck in (self.neck if isinstance(self.neck, nn.ModuleList) else [self.neck]):
-                features = neck(features)
-        return features[self.in_feature]
+        from densevit.models.tasks.neck_chain import apply_neck
+        return apply_neck(self.neck, self.backbone(self.normalise(image)))[self.in_feature]
 
 
 class SamDecoderGraph(nn.Module):
@@ -220,7 +226,7 @@ class SamDecoderGraph(nn.Module):
     input_names = ('image_embeddings', 'point_coords', 'point_labels', 'mask_input',
                    'has_mask_input')
     output_names = ('masks', 'iou_predictions', 'low_res_masks')
-    dynamic_batch = True
+    fixed_batch = None
     dim_names = {0: 'prompts', 1: 'points'}
 
     def __init__(self, model: nn.Module, size: Sequence[int]) -> None:
@@ -309,9 +315,9 @@ def _dynamic_shapes(graph: nn.Module, dynamic_batch: bool) -> tuple | None:
     """torch.export's ``dynamic_shapes``: the batch (dim 0 of every input but SAM's one image
     embedding) when asked, and always the decoder's number of points."""
     from torch.export import Dim
-    batch = Dim('batch', min=1, max=1024) if dynamic_batch else None
+    batch = Dim('batch', min=1) if dynamic_batch else None
     if isinstance(graph, SamDecoderGraph):
-        points = Dim('points', min=1, max=1024)
+        points = Dim('points', min=1)
         per_prompt = {0: batch} if batch is not None else {}
         return (None, {**per_prompt, 1: points}, {**per_prompt, 1: points},
                 per_prompt or None, per_prompt or None)
@@ -324,16 +330,24 @@ def capture(graph: nn.Module, *, batch_size: int = 1,
             dynamic_batch: bool = False) -> torch.export.ExportedProgram:
     """``torch.export`` of ``graph`` on example inputs of ``batch_size`` (2 at least when the
     batch is dynamic: torch.export fixes a dimension it sees at size 1)."""
-    if dynamic_batch and not graph.dynamic_batch:
-        raise ValueError(f'{type(graph).__name__} has a fixed batch (see its docstring); export '
-                         'it without dynamic batch, at the batch size you run it with')
+    if dynamic_batch and graph.fixed_batch:
+        raise ValueError(f'a {type(graph).__name__} has a fixed batch ({graph.fixed_batch}); '
+                         'export it at the batch size you run it with')
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f'batch size must be a positive integer; got {batch_size!r}')
     inputs = graph.example_inputs(max(int(batch_size), 2) if dynamic_batch else int(batch_size))
     graph.eval()
-    with torch.no_grad():
-        return torch.export.export(graph, inputs,
-                                   dynamic_shapes=_dynamic_shapes(graph, dynamic_batch))
+    try:
+        with torch.no_grad():
+            return torch.export.export(graph, inputs,
+                                       dynamic_shapes=_dynamic_shapes(graph, dynamic_batch))
+    except Exception as exc:
+        if dynamic_batch and 'Constraints violated (batch)' in str(exc):
+            # e.g. a ViT's relative-position attention that splits its rows by a memory budget
+            # over the batch: the graph differs from one batch size to the next
+            raise ValueError(f'{type(graph).__name__}: this model\'s graph changes with the batch '
+                             'size (it splits work by it); export it with a fixed batch') from exc
+        raise
 
 
 def export_graph(graph: nn.Module, out: str, fmt: str, *, batch_size: int = 1,

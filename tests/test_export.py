@@ -120,6 +120,31 @@ def test_segmentor_graph_gives_predict_and_a_dynamic_batch(fmt, tmp_path, checkp
     torch.testing.assert_close(torch.cat([s[0] for s in singles]), logits, atol=TOL, rtol=0)
 
 
+def test_sliding_window_segmentor_graph_has_a_fixed_batch(tmp_path, checkpoints, capsys):
+    # 64 x 64 windows stepping by 48 over 100 x 120 padded to 128 x 128: 3 x 3 windows, the last
+    # ones aligned to the border; the 18 windows of two images in one forward (one trace)
+    name = 'upernet_resnet18_ade20k'
+    options = {'model.test_cfg.mode': 'slide', '+model.test_cfg.crop_size': (64, 64),
+               '+model.test_cfg.stride': (48, 48), '+model.test_cfg.batch_size': 18}
+    slide = ['--cfg-options', *(f'{key}={value}'.replace(' ', '') for key, value in
+                                options.items())]
+    out = str(tmp_path / 'slide.pt2')
+    args = ['export', CONFIGS[name], checkpoints[name], '--format', 'torch-export', '--out', out,
+            '--input-size', '100', '120', *slide]
+    assert cli(args + ['--dynamic-batch']) == 1
+    from tests.test_cli import one_error_line
+    one_error_line(capsys, 'fixed batch', "mode='slide'")
+    assert cli(args + ['--batch-size', '2']) == 0
+    model = init_model(CONFIGS[name], checkpoints[name], cfg_options=options)
+    assert model.test_cfg['mode'] == 'slide'
+    batch = images(2, (100, 120), seed=3)
+    expected = predict(model, batch)
+    logits, labels = run(out, 'torch-export', batch.float())
+    for i, sample in enumerate(expected):
+        torch.testing.assert_close(logits[i], sample.seg_logits.data, atol=TOL, rtol=0)
+        assert torch.equal(labels[i], sample.pred_sem_seg.data[0])
+
+
 @pytest.mark.parametrize('fmt', [pytest.param('onnx', marks=pytest.mark.slow), 'torch-export'])
 def test_detector_graph_gives_pred_instances(fmt, tmp_path, checkpoints):
     # DINO with the Mask DINO branch; 112 x 128 is padded to 128 x 128, so the head's padding

@@ -33,6 +33,8 @@ resized as the test pipeline resizes; the graph normalises and pads them):
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    from mmengine.config import DictAction
+
     from densevit.export import FORMATS, SAM_PARTS
     parser = argparse.ArgumentParser(
         prog=prog, description=DESCRIPTION, epilog=GRAPHS,
@@ -46,9 +48,11 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
                         help='image size (default: the config\'s test input size)')
     parser.add_argument('--part', choices=SAM_PARTS, help='which graph of a SAM model')
     parser.add_argument('--dynamic-batch', action='store_true',
-                        help='dynamic batch B (N prompts); not for detectors')
+                        help='dynamic batch B (N prompts) where the graph allows it')
     parser.add_argument('--batch-size', type=int, default=1, metavar='B',
                         help='fixed batch size otherwise (default 1)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                        metavar='KEY=VALUE', help='override config keys')
     return parser.parse_args(argv)
 
 
@@ -75,16 +79,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
 
     from densevit import export
     from densevit.apis import init_model
-    model = init_model(args.config, args.checkpoint)
+    model = init_model(args.config, args.checkpoint, cfg_options=args.cfg_options)
     kind = export.model_kind(model)
     if kind == 'sam' and args.part is None:
         raise CLIError(f'{args.config} is a SAM model: give --part encoder or --part decoder')
     size, source = graph_size(model.cfg, model, args.input_size)
     graph = export.build_graph(model, size, args.part)
-    if args.dynamic_batch and not graph.dynamic_batch:
-        raise CLIError(f'a {type(model).__name__} graph has a fixed batch (its deformable '
-                       'attention loops over the images); drop --dynamic-batch and give '
-                       '--batch-size')
+    if args.dynamic_batch and graph.fixed_batch:
+        raise CLIError(f'this {type(model).__name__} exports with a fixed batch '
+                       f'({graph.fixed_batch}); drop --dynamic-batch, give --batch-size')
     if kind == 'segmentor' and model.test_cfg.get('tta'):
         print('note: test_cfg.tta (test-time augmentation) is not part of the graph')
     with torch.no_grad():
