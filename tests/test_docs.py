@@ -45,7 +45,8 @@ def code(text: str) -> list[tuple[str, str]]:
     outside them."""
     blocks = [(m.group(1), m.group(2)) for m in FENCE.finditer(text)]
     prose = FENCE.sub('', text)
-    return blocks + [('inline', span) for span in re.findall(r'`([^`]+)`', prose)]
+    return blocks + [('inline', span.replace('\n', ' '))
+                     for span in re.findall(r'`([^`]+)`', prose)]
 
 
 def commands(text: str) -> list[tuple[str, str]]:
