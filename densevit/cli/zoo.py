@@ -218,7 +218,8 @@ def entry(config: str, root: str = REPO, flops: bool = True) -> Entry:
             except CLIError as error:  # the model does not trace: say so on the page
                 reason = str(error).removeprefix('FLOPs could not be counted: ')
                 flops_text = 'not counted'
-                notes.append(f'FLOPs not counted: the model does not trace ({reason})')
+                notes.append('FLOPs not counted: torch.jit.trace, which the counter runs, '
+                             f'fails on this model ({reason})')
         del model
         published, source = target(config)
         return Entry(config=config.replace(os.sep, '/'), task=task, backbone=backbone,
