@@ -326,6 +326,20 @@ def _dynamic_shapes(graph: nn.Module, dynamic_batch: bool) -> tuple | None:
     return tuple({0: batch} for _ in graph.input_names)
 
 
+class _NoGrad(nn.Module):
+    """``graph`` under ``torch.no_grad``, inside the exported program: a loaded program then
+    runs without the caller's ``no_grad`` too (the deformable attention's inference path writes
+    into its outputs, which autograd refuses for tensors that need gradients)."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.net = graph  # not "graph": the unlifted program is a GraphModule, which has one
+
+    def forward(self, *inputs: torch.Tensor):
+        with torch.no_grad():
+            return self.net(*inputs)
+
+
 def capture(graph: nn.Module, *, batch_size: int = 1,
             dynamic_batch: bool = False) -> torch.export.ExportedProgram:
     """``torch.export`` of ``graph`` on example inputs of ``batch_size`` (2 at least when the
@@ -338,9 +352,11 @@ def capture(graph: nn.Module, *, batch_size: int = 1,
     inputs = graph.example_inputs(max(int(batch_size), 2) if dynamic_batch else int(batch_size))
     graph.eval()
     try:
-        with torch.no_grad():
-            return torch.export.export(graph, inputs,
-                                       dynamic_shapes=_dynamic_shapes(graph, dynamic_batch))
+        # traced with gradients on, so that the program records _NoGrad's switch
+        shapes = _dynamic_shapes(graph, dynamic_batch)
+        with torch.enable_grad():
+            return torch.export.export(_NoGrad(graph), inputs,  # *inputs: one tuple of shapes
+                                       dynamic_shapes=None if shapes is None else (shapes,))
     except Exception as exc:
         if dynamic_batch and 'Constraints violated (batch)' in str(exc):
             # e.g. a ViT's relative-position attention that splits its rows by a memory budget

@@ -75,7 +75,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     for path, what in ((args.config, 'config'), (args.checkpoint, 'checkpoint')):
         if not osp.isfile(path):
             raise CLIError(f'{what} {path} does not exist')
-    import torch
 
     from densevit import export
     from densevit.apis import init_model
@@ -90,9 +89,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
                        f'({graph.fixed_batch}); drop --dynamic-batch, give --batch-size')
     if kind == 'segmentor' and model.test_cfg.get('tta'):
         print('note: test_cfg.tta (test-time augmentation) is not part of the graph')
-    with torch.no_grad():
-        files = export.export_graph(graph, args.out, args.format, batch_size=args.batch_size,
-                                    dynamic_batch=args.dynamic_batch)
+    files = export.export_graph(graph, args.out, args.format, batch_size=args.batch_size,
+                                dynamic_batch=args.dynamic_batch)
     what = f'{type(model).__name__}' + (f' {args.part}' if args.part else '')
     batch = 'dynamic batch' if args.dynamic_batch else f'batch {args.batch_size}'
     print(f'wrote {what} at {size[0]}x{size[1]} (from {source}), {batch}, as {args.format}: '
