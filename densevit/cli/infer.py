@@ -269,16 +269,15 @@ def parse_args(argv=None, prog=None) -> argparse.Namespace:
     parser.add_argument('--device', default='cpu', help='cpu, cuda, cuda:1, ... (default cpu)')
     parser.add_argument('--batch-size', type=int, default=1, metavar='N',
                         help='images per forward (default 1: a batch pads its images to one '
-                        'size, which can move a detector\'s numbers slightly)')
+                        'size, which moves a detector\'s numbers slightly)')
     parser.add_argument('--points', nargs='+', default=[], metavar='X,Y[,L]',
                         help='SAM point prompts in image pixels; L = 1 foreground (default), '
                         '0 background')
     parser.add_argument('--boxes', nargs='+', default=[], metavar='X1,Y1,X2,Y2',
                         help='SAM box prompts in image pixels; one mask per box')
     parser.add_argument('--min-side', type=int, default=384, metavar='PX',
-                        help='draw overlays of images whose shorter side is smaller enlarged by '
-                        'a whole factor, so boxes and labels stay legible (default 384; 0: '
-                        'never; raw predictions keep the image size)')
+                        help='overlays of smaller images are drawn enlarged by a whole factor '
+                        '(default 384; 0: never)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config keys, e.g. model.test_cfg.max_per_img=50')
     args = parser.parse_args(argv)
