@@ -44,6 +44,10 @@ demo: venv data
 	$(PY) tools/train.py $(DET_CONFIG) --work-dir $(DET_DIR)
 	$(PY) tools/test.py $(DET_CONFIG) "$$(cat $(DET_DIR)/last_checkpoint)" \
 		--work-dir $(DET_DIR) --metrics-out $(DET_DIR)/metrics.json
+	$(VENV)/bin/densevit infer $(DEMO_CONFIG) "$$(cat $(DEMO_DIR)/last_checkpoint)" \
+		$(DATA)/ade20k/ADEChallengeData2016/images/validation --out $(DEMO_DIR)/infer
+	$(VENV)/bin/densevit infer $(DET_CONFIG) "$$(cat $(DET_DIR)/last_checkpoint)" \
+		$(DATA)/coco/val2017 --out $(DET_DIR)/infer
 	$(PY) tools/demo_summary.py $(DEMO_DIR)/metrics.json $(DEMO_DIR)/metrics-recolored.json \
 		$(DET_DIR)/metrics.json
 

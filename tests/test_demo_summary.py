@@ -21,3 +21,4 @@ def test_summary_prints_the_metrics(tmp_path, capsys):
     assert 'mIoU 41.3, mAcc 55.5, aAcc 80.0' in out
     assert 'colour redrawn: mIoU 40.7' in out
     assert 'box AP 0.412, AP50 0.701; mask AP 0.350, AP50 0.650' in out
+    assert 'work_dirs/demo/infer/vis' in out  # where make demo's infer steps put the overlays

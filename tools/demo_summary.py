@@ -26,6 +26,8 @@ def main(argv=None) -> None:
     print(f'detection (stand-in COCO val): box AP {box.get("bbox_mAP", nan):.3f}, '
           f'AP50 {box.get("bbox_mAP_50", nan):.3f}; mask AP {mask.get("segm_mAP", nan):.3f}, '
           f'AP50 {mask.get("segm_mAP_50", nan):.3f}')
+    print('pictures of the predictions: work_dirs/demo/infer/vis, work_dirs/demo-dino/infer/vis '
+          '(docs/getting_started.md: SAM, and the real datasets)')
 
 
 if __name__ == '__main__':
