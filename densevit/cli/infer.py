@@ -178,6 +178,8 @@ def coco_results(image_id, pred, cat_ids: Sequence[int] | None) -> list[dict]:
     return records
 
 
+# ---------------------------------------------------------------- SAM
+
 def _mask_box(mask: np.ndarray) -> list[float]:
     ys, xs = np.nonzero(mask)
     if not len(xs):
@@ -186,24 +188,6 @@ def _mask_box(mask: np.ndarray) -> list[float]:
             float(ys.max() - ys.min() + 1)]
 
 
-class _Names:
-    """Distinct safe file stems for the inputs (``a.jpg`` twice gives ``a`` and ``a_1``)."""
-
-    def __init__(self) -> None:
-        self.used: set[str] = set()
-
-    def __call__(self, path: str) -> str:
-        from densevit.engine.hooks import safe_file_stem
-        stem = safe_file_stem(path)
-        name, k = stem, 0
-        while name in self.used:
-            k += 1
-            name = f'{stem}_{k}'
-        self.used.add(name)
-        return name
-
-
-# ---------------------------------------------------------------- SAM
 def sam_embed(predictor, images: Sequence[np.ndarray]) -> list[tuple]:
     """(embedding (1, C, h, w), original size, input size) of each image, the image encoder run
     once for all of them; what ``SamPredictor.set_image`` computes for one."""
@@ -324,7 +308,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
     os.makedirs(vis_dir, exist_ok=True)
     if task == 'segmentation':
         os.makedirs(osp.join(args.out, 'pred'), exist_ok=True)
-    names = _Names()
+    from densevit.engine.hooks import UniqueStems
+    names = UniqueStems()
     records: list[dict] = []
     overlays: list[str] = []
     generator = predictor = None

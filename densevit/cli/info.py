@@ -206,6 +206,17 @@ def expected_weights(cfg) -> list[tuple[str, str]]:
     return found
 
 
+def config_header(config: str) -> list[str]:
+    """The text of the comment lines that open a config file, without their ``#``."""
+    header = []
+    with open(config, encoding='utf-8') as f:
+        for line in f.read().splitlines():
+            if not line.startswith('#'):
+                break
+            header.append(line.lstrip('#').strip())
+    return header
+
+
 def converter_commands(config: str) -> list[str]:
     """The ``python tools/convert_checkpoint.py ...`` commands of the config's header comment
     (continuation lines joined), from the config or, when it has none, its ``_base_`` files."""
@@ -215,15 +226,8 @@ def converter_commands(config: str) -> list[str]:
         if path in seen or not osp.isfile(path):
             continue
         seen.add(path)
-        with open(path, encoding='utf-8') as f:
-            lines = f.read().splitlines()
-        header = []
-        for line in lines:
-            if not line.startswith('#'):
-                break
-            header.append(line.lstrip('#').strip())
         commands, current = [], None
-        for line in header:
+        for line in config_header(path):
             if current is not None:
                 current += ' ' + line
             elif _CONVERT.search(line):
@@ -235,7 +239,9 @@ def converter_commands(config: str) -> list[str]:
                 current = current[:-1].rstrip()
         if commands:
             return commands
-        base = re.search(r"^_base_\s*=\s*(.+?)(?:\n\S|\Z)", '\n'.join(lines), re.M | re.S)
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+        base = re.search(r"^_base_\s*=\s*(.+?)(?:\n\S|\Z)", text, re.M | re.S)
         if base:
             todo += [osp.normpath(osp.join(osp.dirname(path), name))
                      for name in re.findall(r"['\"]([^'\"]+\.py)['\"]", base.group(1))]

@@ -75,17 +75,6 @@ def zoo_configs(root: str = REPO) -> list[str]:
     return [path for path in rel if '_base_' not in path.split(os.sep)]
 
 
-def _header(config: str) -> list[str]:
-    with open(config, encoding='utf-8') as f:
-        lines = f.read().splitlines()
-    header = []
-    for line in lines:
-        if not line.startswith('#'):
-            break
-        header.append(line.lstrip('#').strip())
-    return header
-
-
 def _split_outside_parens(text: str) -> tuple[str, str]:
     """(the published number, its source) of a Target text: split at the first ', ' or '. '
     outside parentheses that is not followed by another number (``46.3 mask AP, 51.7 box AP``
@@ -102,7 +91,8 @@ def _split_outside_parens(text: str) -> tuple[str, str]:
 def target(config: str) -> tuple[str, str]:
     """(published number, its source) from the config's ``# Target:`` header lines, which run
     to the first line ending in a full stop; ('', '') when the header names no target."""
-    header, lines = _header(config), []
+    from .info import config_header
+    header, lines = config_header(config), []
     for line in header:
         if lines or line.startswith('Target:'):
             lines.append(line)

@@ -14,7 +14,7 @@ from densevit.datasets.transforms import read_image
 from densevit.registry import HOOKS
 from densevit.visualization import draw_instances, draw_sem_seg
 
-__all__ = ['ShowResultHook', 'draw_sem_seg', 'draw_instances', 'safe_file_stem']
+__all__ = ['ShowResultHook', 'draw_sem_seg', 'draw_instances', 'safe_file_stem', 'UniqueStems']
 
 
 def safe_file_stem(path: str) -> str:
@@ -28,6 +28,22 @@ def safe_file_stem(path: str) -> str:
     stem = osp.splitext(name)[0] if not name.startswith('.') else name
     stem = re.sub(r'[^A-Za-z0-9._-]', '_', stem).lstrip('.')
     return stem or 'image'
+
+
+class UniqueStems:
+    """Distinct safe file stems for image paths: a stem met again gets ``_1``, ``_2``, ..."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def __call__(self, path: str) -> str:
+        stem = safe_file_stem(path)
+        name, k = stem, 0
+        while name in self.used:
+            k += 1
+            name = f'{stem}_{k}'
+        self.used.add(name)
+        return name
 
 
 @HOOKS.register_module()
@@ -50,7 +66,7 @@ class ShowResultHook(Hook):
     def before_test(self, runner) -> None:
         mkdir_or_exist(self.out_dir)
         self._meta = runner.test_dataloader.dataset.metainfo
-        self._written: set[str] = set()
+        self._stems = UniqueStems()
 
     def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         for sample in outputs or []:
@@ -73,13 +89,7 @@ class ShowResultHook(Hook):
 
     def _out_path(self, img_path: str) -> str:
         """A new PNG path inside ``out_dir`` for the drawing of ``img_path``."""
-        stem = safe_file_stem(img_path)
-        name, k = stem, 0
-        while name in self._written:
-            k += 1
-            name = f'{stem}_{k}'
-        self._written.add(name)
-        out = osp.join(self.out_dir, f'{name}.png')
+        out = osp.join(self.out_dir, f'{self._stems(img_path)}.png')
         root = osp.realpath(self.out_dir)
         if osp.dirname(osp.realpath(out)) != root:  # cannot happen with a safe stem; stay sure
             raise ValueError(f'refusing to write {out}: outside {self.out_dir}')
