@@ -110,6 +110,26 @@ def test_info_counts_parameters_flops_and_feature_maps(capsys):
     assert info['weights'] == [] and 'weights: none' in out
 
 
+def test_info_counts_neighborhood_attention():
+    """A traced DiNAT records densevit's na2d as one op, counted by hand: at 224 px the maps are
+    56, 28, 14 and 7 tokens wide; each token meets 7 x 7 keys, and q.k plus attn @ v cost
+    2 x head_dim multiply-adds per key and head, i.e. side^2 * 49 * 2 * dim per stage."""
+    import torch
+    from mmengine.analysis import FlopAnalyzer
+
+    import densevit.models  # noqa: F401
+    from densevit.cli.info import neighborhood_attention_flops
+    from densevit.registry import MODELS
+    model = MODELS.build(dict(type='DiNAT', arch='tiny', embed_dim=32, depths=(1, 1, 1, 1),
+                              num_heads=(1, 2, 4, 8))).eval()
+    analyzer = FlopAnalyzer(model, (torch.zeros(1, 3, 224, 224),))
+    analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    analyzer.set_op_handle('densevit::na2d_tiled', neighborhood_attention_flops)
+    expected = sum(side ** 2 * 49 * 2 * dim for side, dim in ((56, 32), (28, 64), (14, 128),
+                                                               (7, 256)))
+    assert analyzer.by_operator()['na2d_tiled'] == expected == 18_439_680
+
+
 def test_info_reads_the_weights_and_converter_command_of_a_config_header():
     from densevit.apis import load_config
     from densevit.cli.info import converter_commands, expected_weights

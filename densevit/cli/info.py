@@ -139,11 +139,24 @@ def attention_flops(inputs: list, outputs: list) -> int:
     return math.prod(batch) * length * key[-2] * (dim + value[-1])
 
 
+def neighborhood_attention_flops(inputs: list, outputs: list) -> int:
+    """FLOPs of densevit's ``densevit::na2d_tiled`` (neighborhood attention, what a traced NAT /
+    DiNAT records): each query meets kh * kw keys, so ``q . k`` and ``attn @ v`` cost
+    B * H * W * heads * kh * kw * 2 * head_dim multiply-adds (counted as FLOPs, as
+    :func:`attention_flops`); the bias and softmax are element-wise and not counted."""
+    from mmengine.analysis.jit_handles import get_shape
+    batch, height, width, heads, dim = get_shape(inputs[0])
+    kernel = inputs[3].toIValue()  # a constant list, or a list built from constants
+    if kernel is None:
+        kernel = [value.toIValue() for value in inputs[3].node().inputs()]
+    return batch * height * width * heads * math.prod(kernel) * 2 * dim
+
+
 def count_flops(model, size: tuple[int, int]) -> tuple[int, dict[str, int], str]:
     """(total, {top-level part: flops}, what was measured): one forward of a (1, 3, H, W) batch
     in ``mode='tensor'`` (backbone, neck, head; no post-processing), counted by mmengine's
     FlopAnalyzer (one multiply-add = one FLOP, as fvcore), attention included
-    (:func:`attention_flops`). Falls back to the backbone and neck
+    (:func:`attention_flops`, :func:`neighborhood_attention_flops`). Falls back to the backbone and neck
     when the whole model cannot be traced."""
     import torch
     from mmengine.analysis import FlopAnalyzer
@@ -173,6 +186,7 @@ def count_flops(model, size: tuple[int, int]) -> tuple[int, dict[str, int], str]
             analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             analyzer.tracer_warnings('none')
             analyzer.set_op_handle('aten::scaled_dot_product_attention', attention_flops)
+            analyzer.set_op_handle('densevit::na2d_tiled', neighborhood_attention_flops)
             total = analyzer.total()
             by_module = analyzer.by_module()
         except Exception as exc:  # noqa: BLE001  (tracing fails on data-dependent control flow)

@@ -213,7 +213,7 @@ def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel_siz
         import natten
 
         return natten.na2d(query, key, value, kernel, dilation=dil)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # one op in the graph
         return _na2d_op(query, key, value, list(kernel), list(dil), rpb)
     return _na2d_tiled(query, key, value, kernel, dil, rpb)
 
