@@ -239,7 +239,8 @@ def test_your_own_dataset_configs_read_your_data(tmp_path):
 def test_tensorboard_is_one_config_entry(tmp_path):
     """The page's config builds a real Runner whose visualizer writes both the local scalars
     (what densevit plot reads) and TensorBoard event files, read back by TensorBoard's own
-    reader."""
+    reader; a Runner built before it in the same process (as in a notebook, or an earlier test)
+    does not lend it its visualizer."""
     pytest.importorskip('tensorboard', reason='pip install tensorboard (docs/training_curves.md)')
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -247,6 +248,9 @@ def test_tensorboard_is_one_config_entry(tmp_path):
     from densevit.engine.launch import build_runner
     path = 'configs/quickstart/upernet_resnet18_ade20k_tensorboard.py'
     page = written_configs(read(osp.join(ROOT, 'docs', 'training_curves.md')))
+    earlier = load_config(osp.join(ROOT, 'configs/quickstart/upernet_resnet18_ade20k.py'))
+    earlier.work_dir = str(tmp_path / 'earlier')
+    build_runner(earlier)
     cfg = load_config(_write_config(tmp_path, path, page[path]))
     cfg.work_dir = str(tmp_path / 'work')
     runner = build_runner(cfg)

@@ -16,7 +16,10 @@ default_hooks = dict(
 )
 
 vis_backends = [dict(type='LocalVisBackend')]
-visualizer = dict(type='Visualizer', vis_backends=vis_backends, name='visualizer')
+# No fixed ``name``: mmengine then names the visualizer after the run (config name and start
+# time), so a second Runner in the same process (train, then test; a notebook) gets its own, with
+# its own backends and work dir, instead of reusing the first run's.
+visualizer = dict(type='Visualizer', vis_backends=vis_backends)
 log_processor = dict(by_epoch=False)
 log_level = 'INFO'
 randomness = dict(seed=0)
