@@ -233,8 +233,9 @@ def _object_center_radius(rng: np.random.Generator, h: int, w: int, lo: float, h
 
 
 def _steps(count: int, desc: str, progress: bool):
-    """``range(count)``, shown as it goes by densevit.progress when ``progress`` is set."""
-    return track(range(count), desc=desc) if progress else range(count)
+    """``range(count)``, shown as it goes by densevit.progress when ``progress`` is set (and
+    there is something to show)."""
+    return track(range(count), desc=desc) if progress and count else range(count)
 
 
 def _write_jpg(path: str, rgb: np.ndarray) -> None:
