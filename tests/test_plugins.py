@@ -97,6 +97,16 @@ def test_entry_point_plugin_backbone_builds_through_a_config(tmp_path, monkeypat
     assert tuple(logits.shape) == (1, 150, 16, 16)  # s4 logits of the 150 ADE20K classes
 
 
+def test_list_models_lists_an_entry_point_plugin(tmp_path, monkeypatch, capsys):
+    write_distribution(tmp_path, 'dvplugin_listed', {'listed': 'dvplugin_listed'},
+                       BACKBONE.format(name='ListedPluginBackbone'))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert 'ListedPluginBackbone' not in MODELS
+    from densevit.cli import main as cli
+    assert cli(['list-models', 'ListedPlugin']) == 0
+    assert 'ListedPluginBackbone' in capsys.readouterr().out
+
+
 def test_custom_imports_plugin_backbone_builds_through_a_config(tmp_path, monkeypatch):
     """No entry point: the config names the module in mmengine's ``custom_imports``."""
     (tmp_path / 'dvplugin_custom.py').write_text(BACKBONE.format(name='CustomImportBackbone'))

@@ -64,6 +64,8 @@ def registered() -> dict[str, dict[str, type]]:
     engine = (reg.DATA_SAMPLERS, reg.EVALUATOR, reg.LOOPS, reg.RUNNERS, reg.OPTIMIZERS,
               reg.OPTIM_WRAPPERS, reg.OPTIM_WRAPPER_CONSTRUCTORS, reg.PARAM_SCHEDULERS,
               reg.MODEL_WRAPPERS, reg.LOG_PROCESSORS, reg.VISUALIZERS, reg.VISBACKENDS)
+    from densevit.plugins import load_plugins
+    load_plugins()  # what installed plugins register is listed too
     reg.MODELS.import_from_location()
     for name, cls in reg.MODELS.module_dict.items():
         groups[_model_kind(name, cls)][name] = cls
