@@ -47,7 +47,7 @@ demo: venv data
 	$(VENV)/bin/densevit infer $(DEMO_CONFIG) "$$(cat $(DEMO_DIR)/last_checkpoint)" \
 		$(DATA)/ade20k/ADEChallengeData2016/images/validation --out $(DEMO_DIR)/infer
 	$(VENV)/bin/densevit infer $(DET_CONFIG) "$$(cat $(DET_DIR)/last_checkpoint)" \
-		$(DATA)/coco/val2017 --out $(DET_DIR)/infer
+		$(DATA)/coco/val2017 --out $(DET_DIR)/infer --score-thr 0.25
 	$(PY) tools/demo_summary.py $(DEMO_DIR)/metrics.json $(DEMO_DIR)/metrics-recolored.json \
 		$(DET_DIR)/metrics.json
 
