@@ -1,0 +1,103 @@
+"""The benchmark harness (tools/benchmarks/_common.py) and every topic moved onto it, at tiny
+sizes: interleaved timing with a fake clock, the fresh-process peak memory against a known
+allocation, and each topic's smallest case returning both implementations' rows with a finite
+positive ratio and its own output comparison passed."""
+import importlib
+import math
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if osp.join(ROOT, 'tools') not in sys.path:
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+
+from benchmarks._common import fresh_process, interleaved  # noqa: E402
+
+
+class FakeClock:
+    """A (wall, CPU) clock that only the timed functions move."""
+
+    def __init__(self):
+        self.wall = self.cpu = 0.0
+
+    def __call__(self):
+        return self.wall, self.cpu
+
+
+def _fake_fns(clock: FakeClock, durations: dict[str, list[float]], calls: list[str]):
+    """Functions that each take the next of their durations (wall; CPU a quarter of it) and
+    return how many calls were made before them."""
+    runs = {name: iter(values) for name, values in durations.items()}
+
+    def make(name):
+        def fn():
+            calls.append(name)
+            seconds = next(runs[name])
+            clock.wall += seconds
+            clock.cpu += seconds / 4
+            return len(calls)
+        return fn
+    return {name: make(name) for name in durations}
+
+
+def test_interleaved_rotates_the_order_and_takes_medians_of_the_timed_runs():
+    clock, calls = FakeClock(), []
+    # first value: the warm-up (untimed); then three timed runs each
+    fns = _fake_fns(clock, {'a': [100, 5, 1, 3], 'b': [100, 4, 8, 6], 'c': [100, 7, 2, 9]}, calls)
+    timings = interleaved(fns, repeats=3, warmup=1, clock=clock)
+    assert calls == ['a', 'b', 'c',  # warm-up
+                     'a', 'b', 'c', 'b', 'c', 'a', 'c', 'a', 'b']
+    # medians of (5, 1, 3), (4, 8, 6), (7, 2, 9)
+    assert {name: t.seconds for name, t in timings.items()} == {'a': 3, 'b': 6, 'c': 7}
+    assert {name: t.cpu_seconds for name, t in timings.items()} == {'a': 0.75, 'b': 1.5,
+                                                                    'c': 1.75}
+    assert timings['a'].wall == [5, 1, 3]
+    # last outputs: a ran 11th, b 12th, c 10th
+    assert {name: t.output for name, t in timings.items()} == {'a': 11, 'b': 12, 'c': 10}
+
+
+def test_interleaved_alternates_two_and_can_skip_the_warm_up():
+    clock, calls = FakeClock(), []
+    fns = _fake_fns(clock, {'ours': [2, 4, 30, 1], 'ref': [3, 5, 7, 50]}, calls)
+    timings = interleaved(fns, repeats=4, warmup=0, clock=clock)
+    assert calls == ['ours', 'ref', 'ref', 'ours', 'ours', 'ref', 'ref', 'ours']
+    assert timings['ours'].seconds == 3.0  # median of 2, 4, 30, 1
+    assert timings['ref'].seconds == 6.0  # median of 3, 5, 7, 50
+    with pytest.raises(ValueError, match='repeats'):
+        interleaved(fns, repeats=0)
+
+
+ALLOCATE = """
+import sys
+import numpy as np
+from benchmarks._common import measure_peak, write_result
+megabytes = int(sys.argv[1])
+_, memory = measure_peak(lambda: np.ones(megabytes * 2 ** 20 // 8).sum())  # written, so resident
+write_result(sys.argv[-1], memory)
+"""
+
+
+@pytest.mark.parametrize('megabytes, low, high', [(300, 280, 400), (0, 0, 30)])
+def test_fresh_process_memory_sees_a_known_allocation(megabytes, low, high):
+    memory = fresh_process(['-c', ALLOCATE, megabytes])
+    assert low <= memory['extra_mb'] <= high
+    assert memory['peak_mb'] == pytest.approx(memory['baseline_mb'] + memory['extra_mb'])
+    assert memory['baseline_mb'] > 10  # the interpreter and numpy are resident
+
+
+def test_fresh_process_raises_when_the_child_fails():
+    with pytest.raises(subprocess.CalledProcessError):
+        fresh_process(['-c', 'raise SystemExit(3)'])
+
+
+# ------------------------------------------------------------------ topics at tiny sizes
+
+def _topic(name: str):
+    return importlib.import_module(f'benchmarks.{name}')
+
+
+def _positive(value) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
