@@ -101,3 +101,19 @@ def _topic(name: str):
 
 def _positive(value) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.slow
+def test_vit_tiny():
+    pytest.importorskip('segment_anything')
+    pytest.importorskip('timm')
+    rows = _topic('vit').run(tiny=True)
+    assert [row['reference'] for row in rows] == ['segment_anything', 'timm']
+    for row in rows:
+        assert row['case'] == 'SAM ViT-B encoder 64x64'
+        assert _positive(row['ratio']) and _positive(row['ours_s'])
+        assert row['ratio'] == pytest.approx(row['reference_s'] / row['ours_s'])
+        # fresh process per implementation: the weights (ViT-B, ~360 MB) are resident
+        assert row['ours_peak_mb'] > 300 and row['reference_peak_mb'] > 300
+        assert row['ours_max_abs_diff_vs_sam'] < 1e-3
+        assert row['reference_max_abs_diff_vs_sam'] < 1e-3

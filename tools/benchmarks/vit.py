@@ -3,33 +3,30 @@ densevit's ``ImageEncoder`` (configs/backbones/vit-b_sam-encoder.py) against seg
 ``ImageEncoderViT`` and timm's ``samvit_base_patch16``, all on the same weights (a seeded random
 SAM encoder, converted with ``convert_sam`` and timm's own ``checkpoint_filter_fn``).
 
-Each implementation runs in its own subprocess: time is the median of 3 forwards (wall clock,
-and process CPU time, which shared machines disturb less); peak memory is the subprocess's peak
-resident size during the forwards (VmHWM reset after building: interpreter, torch and weights
-resident plus what the forward allocates; ru_maxrss of the whole process off Linux), and
-the output is compared with segment_anything's (``max_abs_diff``). ``ratio`` =
-reference_s / ours_s (above 1: ours is faster).
+The three implementations are timed interleaved in one worker process (all built there, the
+same input; tools/benchmarks/_common.py): the median of 3 forwards of each after one warm-up,
+the order rotating (wall clock, and process CPU time, which shared machines disturb less); the
+outputs are compared there with segment_anything's (``max_abs_diff``). Peak memory comes from a
+fresh process per implementation running one forward: its peak resident size during that
+forward (VmHWM reset after building: interpreter, torch and weights resident plus what the
+forward allocates; ru_maxrss of the whole process off Linux). ``ratio`` = reference_s / ours_s
+(above 1: ours is faster).
 
-Run alone: ``python tools/benchmarks/vit.py [--quick]``.
+Run alone: ``python tools/benchmarks/vit.py [--quick]`` (``--tiny``: 64x64, a test of the harness).
 """
 from __future__ import annotations
 
-import argparse
-import gc
-import json
-import os
 import os.path as osp
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from functools import partial
 
 import torch
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from benchmarks._common import (REPO, argument_parser, fresh_process, interleaved,  # noqa: E402
+                                measure_peak, print_rows, write_result)
+
 IMPLS = ('ours', 'segment_anything', 'timm')
 REPEATS = 3
 
@@ -80,96 +77,82 @@ def _forward(impl: str, model: torch.nn.Module, images: torch.Tensor) -> torch.T
     return model(images)
 
 
-def _peak_rss_mb(reset: bool = False) -> float:
-    """This process's peak resident memory (VmHWM) in MB; ``reset`` restarts the peak from the
-    current resident size (Linux /proc/self/clear_refs), falling back to ru_maxrss elsewhere."""
-    try:
-        if reset:
-            with open('/proc/self/clear_refs', 'w') as f:
-                f.write('5')
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith('VmHWM:'):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _images(img_size: int) -> torch.Tensor:
+    return torch.randn(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
 
 
-def _worker(impl: str, img_size: int, weights: str, out: str) -> None:
-    """Subprocess body: build, load, time REPEATS forwards, write times / memory / output."""
+def _time_worker(img_size: int, weights: str, repeats: int, out: str) -> None:
+    """Worker body: all implementations in this process, timed interleaved; their outputs'
+    largest difference from segment_anything's."""
+    sam_state = torch.load(weights, weights_only=True)
+    models = {impl: _build(impl, img_size, sam_state) for impl in IMPLS}
+    del sam_state
+    images = _images(img_size)
+    with torch.no_grad():
+        timings = interleaved({impl: partial(_forward, impl, model, images)
+                               for impl, model in models.items()}, repeats)
+    sam_out = timings['segment_anything'].output
+    write_result(out, {impl: dict(seconds=t.seconds, cpu_seconds=t.cpu_seconds,
+                                  max_abs_diff_vs_sam=(t.output - sam_out).abs().max().item())
+                       for impl, t in timings.items()})
+
+
+def _memory_worker(impl: str, img_size: int, weights: str, out: str) -> None:
+    """Worker body: build and load one implementation, then the memory of one forward."""
     sam_state = torch.load(weights, weights_only=True)
     model = _build(impl, img_size, sam_state)
     del sam_state
-    gc.collect()
-    images = torch.randn(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
-    _peak_rss_mb(reset=True)  # measure the forward, not the building and loading
-    times, cpu_times = [], []
+    images = _images(img_size)
     with torch.no_grad():
-        for _ in range(REPEATS):
-            start, cpu_start = time.perf_counter(), time.process_time()
-            output = _forward(impl, model, images)
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
-    peak_mb = _peak_rss_mb()
-    torch.save(output, out + '.pt')
-    with open(out, 'w') as f:
-        json.dump(dict(seconds=statistics.median(times), cpu_seconds=statistics.median(cpu_times),
-                       peak_mb=peak_mb), f)
+        _, memory = measure_peak(lambda: _forward(impl, model, images))
+    write_result(out, memory)
 
 
-def _measure(impl: str, img_size: int, weights: str, tmp: str) -> tuple[dict, torch.Tensor]:
-    out = osp.join(tmp, f'{impl}.json')
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    subprocess.run([sys.executable, osp.abspath(__file__), '--worker', impl, str(img_size),
-                    weights, out], check=True, env=env)
-    with open(out) as f:
-        result = json.load(f)
-    return result, torch.load(out + '.pt', weights_only=True)
-
-
-def run(quick: bool = False) -> list[dict]:
-    img_size = 512 if quick else 1024
+def run(quick: bool = False, tiny: bool = False) -> list[dict]:
+    img_size = 64 if tiny else 512 if quick else 1024
+    repeats = 1 if tiny else REPEATS
     torch.manual_seed(0)
     sam = _sam_encoder(img_size)
     with torch.no_grad():  # SAM zero-inits the rel-pos tables; give them values that matter
         for name, p in sam.named_parameters():
             if 'rel_pos' in name:
                 p.normal_(std=0.02)
+    script = osp.abspath(__file__)
     with tempfile.TemporaryDirectory() as tmp:
         weights = osp.join(tmp, 'sam_vit_b_encoder.pt')
         torch.save(sam.state_dict(), weights)
         del sam
-        results = {impl: _measure(impl, img_size, weights, tmp) for impl in IMPLS}
-    ours, ours_out = results['ours']
-    sam_out = results['segment_anything'][1]
+        times = fresh_process([script, '--worker', 'time', img_size, weights, repeats])
+        memory = {impl: fresh_process([script, '--worker', 'memory', impl, img_size, weights])
+                  for impl in IMPLS}
+    ours = times['ours']
     rows = []
     for reference in ('segment_anything', 'timm'):
-        ref, ref_out = results[reference]
+        ref = times[reference]
         rows.append(dict(
             case=f'SAM ViT-B encoder {img_size}x{img_size}', ours_s=ours['seconds'],
             reference=reference, reference_s=ref['seconds'],
             ratio=ref['seconds'] / ours['seconds'], ours_cpu_s=ours['cpu_seconds'],
-            reference_cpu_s=ref['cpu_seconds'], ours_peak_mb=ours['peak_mb'],
-            reference_peak_mb=ref['peak_mb'],
-            ours_max_abs_diff_vs_sam=(ours_out - sam_out).abs().max().item(),
-            reference_max_abs_diff_vs_sam=(ref_out - sam_out).abs().max().item(),
+            reference_cpu_s=ref['cpu_seconds'], ours_peak_mb=memory['ours']['peak_mb'],
+            reference_peak_mb=memory[reference]['peak_mb'],
+            ours_max_abs_diff_vs_sam=ours['max_abs_diff_vs_sam'],
+            reference_max_abs_diff_vs_sam=ref['max_abs_diff_vs_sam'],
             threads=torch.get_num_threads()))
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--quick', action='store_true', help='512x512 instead of 1024x1024')
-    parser.add_argument('--worker', nargs=4, metavar=('IMPL', 'SIZE', 'WEIGHTS', 'OUT'),
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = argument_parser(__doc__, '512x512 instead of 1024x1024', tiny=True).parse_args(argv)
     if args.worker:
-        impl, size, weights, out = args.worker
-        _worker(impl, int(size), weights, out)
+        kind, *rest = args.worker
+        if kind == 'time':
+            img_size, weights, repeats, out = rest
+            _time_worker(int(img_size), weights, int(repeats), out)
+        else:
+            impl, img_size, weights, out = rest
+            _memory_worker(impl, int(img_size), weights, out)
         return
-    for row in run(quick=args.quick):
-        print(row)
+    print_rows(run(quick=args.quick, tiny=args.tiny))
 
 
 if __name__ == '__main__':
