@@ -3,6 +3,7 @@ sizes: interleaved timing with a fake clock, the fresh-process peak memory again
 allocation, and each topic's smallest case returning both implementations' rows with a finite
 positive ratio and its own output comparison passed."""
 import importlib
+import importlib.util
 import math
 import os.path as osp
 import subprocess
@@ -117,3 +118,17 @@ def test_vit_tiny():
         assert row['ours_peak_mb'] > 300 and row['reference_peak_mb'] > 300
         assert row['ours_max_abs_diff_vs_sam'] < 1e-3
         assert row['reference_max_abs_diff_vs_sam'] < 1e-3
+
+
+@pytest.mark.slow
+def test_msda_tiny():
+    pytest.importorskip('transformers')
+    rows = _topic('msda').run(tiny=True, only=('decoder/0/fwd',))
+    assert [row['case'] for row in rows] == ['msda decoder B2 Q1100 fwd']
+    row = rows[0]
+    assert _positive(row['ratio']) and _positive(row['mem_ratio'])
+    assert row['ratio'] == pytest.approx(row['reference_s'] / row['ours_s'])
+    # both grid_sample ports agree
+    assert row['max_abs_diff'] < 1e-4
+    # the output alone (2 x 1100 x 256 floats) is ~2 MB; the inputs are resident beforehand
+    assert 1 < row['ours_live_mb'] < row['ours_peak_mb']

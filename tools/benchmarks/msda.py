@@ -14,39 +14,34 @@ default-thread times of the decoder case swing with the load and follow the numb
 the reference 59); the one-thread rows compare the work itself.
 Sampling locations are uniform in [-0.05, 1.05], attention weights a softmax over levels * points.
 
-Each (implementation, case, mode) runs in its own subprocess, several rounds (``RUNS``), alternating
-ours and the reference; every subprocess times a few runs after one warm-up. Time is the median
-over all runs (wall clock, plus process CPU time, which shared machines disturb less). Memory is
-read from /proc as in na2d.py: ``peak_mb`` is the subprocess's peak resident size, ``extra_mb``
-that peak minus the resident size once the inputs exist. With glibc's default malloc that peak
-also holds freed blocks the allocator keeps (it raises its mmap threshold as blocks are freed), so
-one more subprocess per implementation and round runs with ``MALLOC_MMAP_THRESHOLD_`` fixed at
-128 KiB: every large tensor is then mapped and unmapped on its own and ``live_mb``, its extra
-peak, is what the op's live tensors need (outputs and gradients included). Memory figures are
-medians over the rounds. ``ratio`` = reference_s / ours_s and ``mem_ratio`` = reference_live_mb /
-ours_live_mb (above 1: ours is faster / smaller). Forward rows report ``max_abs_diff`` of the two
-outputs.
+Each (implementation, case, mode) runs in its own subprocess, several rounds (``RUNS``),
+alternating ours and the reference; every subprocess times a few runs after one warm-up. Time is
+the median over all runs (wall clock, plus process CPU time, which shared machines disturb less).
+Memory is read from /proc (``measure_peak`` of tools/benchmarks/_common.py, around the warm-up and
+the runs): ``peak_mb`` is the subprocess's peak resident size, ``extra_mb`` that peak minus the
+resident size once the inputs exist. With glibc's default malloc that peak also holds freed blocks
+the allocator keeps (it raises its mmap threshold as blocks are freed), so one more subprocess per
+implementation and round runs with ``MALLOC_MMAP_THRESHOLD_`` fixed at 128 KiB: every large tensor
+is then mapped and unmapped on its own and ``live_mb``, its extra peak, is what the op's live
+tensors need (outputs and gradients included). Memory figures are medians over the rounds.
+``ratio`` = reference_s / ours_s and ``mem_ratio`` = reference_live_mb / ours_live_mb (above 1:
+ours is faster / smaller). Forward rows report ``max_abs_diff`` of the two outputs.
 
-Run alone: ``python tools/benchmarks/msda.py [--quick]``.
+Run alone: ``python tools/benchmarks/msda.py [--quick]`` (``--tiny``: the decoder case, default
+threads, one run per subprocess and one round, a test of the harness).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import os.path as osp
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 
 import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from benchmarks.na2d import _peak_mb, _reset_peak  # noqa: E402  (shared /proc memory probes)
+from benchmarks._common import (argument_parser, fresh_process, interleaved,  # noqa: E402
+                                measure_peak, print_rows, write_result)
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 BATCH, HEADS, HEAD_DIM, POINTS = 2, 8, 32, 4
 SHAPES = ((128, 128), (64, 64), (32, 32), (16, 16))
 CASES = {'decoder': 900 + 200, 'encoder': sum(h * w for h, w in SHAPES)}
@@ -74,7 +69,7 @@ def _op(impl: str):
 
 
 def _worker(impl: str, case: str, mode: str, threads: int, repeats: int, out: str) -> None:
-    """Subprocess body: time ``repeats`` runs after a warm-up, write times / memory / output."""
+    """Worker body: time ``repeats`` runs after a warm-up, write times / memory / output."""
     if threads:
         torch.set_num_threads(threads)
     op = _op(impl)
@@ -98,45 +93,28 @@ def _worker(impl: str, case: str, mode: str, threads: int, repeats: int, out: st
         result.backward(grad)
         return result.detach()
 
-    resident = _reset_peak()
-    times, cpu_times = [], []
-    for i in range(repeats + 1):  # one warm-up
-        start, cpu_start = time.perf_counter(), time.process_time()
-        output = step()
-        if i:
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
-    peak = _peak_mb()
-    if not backward:
-        torch.save(output, out + '.pt')
-    with open(out, 'w') as f:
-        json.dump(dict(times=times, cpu_times=cpu_times, peak_mb=peak, extra_mb=peak - resident), f)
+    timings, memory = measure_peak(lambda: interleaved({impl: step}, repeats))
+    timing = timings[impl]
+    write_result(out, dict(times=timing.wall, cpu_times=timing.cpu, peak_mb=memory['peak_mb'],
+                           extra_mb=memory['extra_mb']),
+                 dict(output=timing.output) if not backward else None)
 
 
-def _measure(impl: str, case: str, mode: str, threads: int, repeats: int, tmp: str,
+def _measure(impl: str, case: str, mode: str, threads: int, repeats: int,
              live: bool = False) -> dict:
-    out = osp.join(tmp, f'{impl}_{case}_{mode}_{threads}.json')
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    if live:  # glibc: map every block above 128 KiB on its own, so freed tensors leave the RSS
-        env['MALLOC_MMAP_THRESHOLD_'] = str(128 * 1024)
-    subprocess.run([sys.executable, osp.abspath(__file__), '--worker', impl, case, mode,
-                    str(threads), str(repeats), out], check=True, env=env)
-    with open(out) as f:
-        result = json.load(f)
-    if mode == 'fwd':
-        result['output'] = torch.load(out + '.pt', weights_only=True)
-    return result
+    # live, glibc: map every block above 128 KiB on its own, so freed tensors leave the RSS
+    return fresh_process([osp.abspath(__file__), '--worker', impl, case, mode, threads, repeats],
+                         env=dict(MALLOC_MMAP_THRESHOLD_=str(128 * 1024)) if live else None)
 
 
-def _interleaved(case: str, mode: str, threads: int, repeats: int, rounds: int,
-                 tmp: str) -> dict[str, dict]:
+def _rounds(case: str, mode: str, threads: int, repeats: int, rounds: int) -> dict[str, dict]:
     """Alternate the implementations ``rounds`` times; median time over all runs, median memory."""
     runs = {'ours': [], 'transformers': []}
     live = {'ours': [], 'transformers': []}
     for _ in range(rounds):
         for impl in runs:
-            runs[impl].append(_measure(impl, case, mode, threads, repeats, tmp))
-            live[impl].append(_measure(impl, case, mode, threads, 1, tmp, live=True)['extra_mb'])
+            runs[impl].append(_measure(impl, case, mode, threads, repeats))
+            live[impl].append(_measure(impl, case, mode, threads, 1, live=True)['extra_mb'])
     summary = {}
     for impl, results in runs.items():
         summary[impl] = dict(
@@ -148,43 +126,39 @@ def _interleaved(case: str, mode: str, threads: int, repeats: int, rounds: int,
     return summary
 
 
-def run(quick: bool = False, only: tuple[str, ...] = ()) -> list[dict]:
+def run(quick: bool = False, only: tuple[str, ...] = (), tiny: bool = False) -> list[dict]:
     """All rows, or those whose ``case/threads/mode`` name (e.g. ``decoder/0/fwd+bwd``) is in
     ``only``."""
-    settings = SETTINGS[:2] if quick else SETTINGS
+    settings = SETTINGS[:1] if tiny else SETTINGS[:2] if quick else SETTINGS
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for case, threads in settings:
-            for mode in MODES:
-                if only and f'{case}/{threads}/{mode}' not in only:
-                    continue
-                repeats, rounds = (3, 2) if quick else RUNS[case]
-                result = _interleaved(case, mode, threads, repeats, rounds, tmp)
-                ours, ref = result['ours'], result['transformers']
-                row = dict(
-                    case=f'msda {case} B{BATCH} Q{CASES[case]} {mode}', ours_s=ours['seconds'],
-                    reference='transformers (pure PyTorch)', reference_s=ref['seconds'],
-                    ratio=ref['seconds'] / ours['seconds'], ours_cpu_s=ours['cpu_seconds'],
-                    reference_cpu_s=ref['cpu_seconds'], ours_peak_mb=ours['peak_mb'],
-                    reference_peak_mb=ref['peak_mb'], ours_extra_mb=ours['extra_mb'],
-                    reference_extra_mb=ref['extra_mb'], ours_live_mb=ours['live_mb'],
-                    reference_live_mb=ref['live_mb'],
-                    mem_ratio=ref['live_mb'] / max(ours['live_mb'], 1e-3),
-                    threads=threads or torch.get_num_threads())
-                if mode == 'fwd':
-                    row['max_abs_diff'] = (ours['output'] - ref['output']).abs().max().item()
-                rows.append(row)
+    for case, threads in settings:
+        for mode in MODES:
+            if only and f'{case}/{threads}/{mode}' not in only:
+                continue
+            repeats, rounds = (1, 1) if tiny else (3, 2) if quick else RUNS[case]
+            result = _rounds(case, mode, threads, repeats, rounds)
+            ours, ref = result['ours'], result['transformers']
+            row = dict(
+                case=f'msda {case} B{BATCH} Q{CASES[case]} {mode}', ours_s=ours['seconds'],
+                reference='transformers (pure PyTorch)', reference_s=ref['seconds'],
+                ratio=ref['seconds'] / ours['seconds'], ours_cpu_s=ours['cpu_seconds'],
+                reference_cpu_s=ref['cpu_seconds'], ours_peak_mb=ours['peak_mb'],
+                reference_peak_mb=ref['peak_mb'], ours_extra_mb=ours['extra_mb'],
+                reference_extra_mb=ref['extra_mb'], ours_live_mb=ours['live_mb'],
+                reference_live_mb=ref['live_mb'],
+                mem_ratio=ref['live_mb'] / max(ours['live_mb'], 1e-3),
+                threads=threads or torch.get_num_threads())
+            if mode == 'fwd':
+                row['max_abs_diff'] = (ours['output'] - ref['output']).abs().max().item()
+            rows.append(row)
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--quick', action='store_true', help='decoder case only, fewer runs')
+def main(argv: list[str] | None = None) -> None:
+    parser = argument_parser(__doc__, 'decoder case only, fewer runs', tiny=True)
     parser.add_argument('--only', nargs='+', default=(), metavar='CASE/THREADS/MODE',
                         help='run only these rows, e.g. decoder/0/fwd+bwd (threads 0 = default)')
-    parser.add_argument('--worker', nargs=6, help=argparse.SUPPRESS,
-                        metavar=('IMPL', 'CASE', 'MODE', 'THREADS', 'REPEATS', 'OUT'))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         impl, case, mode, threads, repeats, out = args.worker
         _worker(impl, case, mode, int(threads), int(repeats), out)
@@ -193,8 +167,7 @@ def main() -> None:
     unknown = [name for name in args.only if name not in rows]
     if unknown:
         parser.error(f'--only: unknown rows {unknown}; choose from {rows}')
-    for row in run(quick=args.quick, only=tuple(args.only)):
-        print(row)
+    print_rows(run(quick=args.quick, only=tuple(args.only), tiny=args.tiny))
 
 
 if __name__ == '__main__':
