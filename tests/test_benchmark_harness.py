@@ -132,3 +132,17 @@ def test_msda_tiny():
     assert row['max_abs_diff'] < 1e-4
     # the output alone (2 x 1100 x 256 floats) is ~2 MB; the inputs are resident beforehand
     assert 1 < row['ours_live_mb'] < row['ours_peak_mb']
+
+
+@pytest.mark.slow
+def test_sam_tiny():
+    pytest.importorskip('segment_anything')
+    rows = _topic('sam').run(tiny=True)
+    assert [row['case'] for row in rows] == [
+        'SAM ViT-B set_image (image embedding), 1024x1024', 'SAM ViT-B predict, one point, 3 masks',
+        'SAM ViT-B predict_torch, 4 boxes, 1 mask each']
+    for row in rows:
+        assert row['reference'] == 'segment_anything'
+        assert _positive(row['ratio']) and _positive(row['ours_cpu_s'])
+        assert row['ratio'] == pytest.approx(row['reference_s'] / row['ours_s'])
+        assert row['max_abs_diff'] < 1e-3  # embeddings, then mask logits

@@ -20,49 +20,45 @@ Rows (``ratio`` = segment-anything's time / ours: above 1, ours is faster):
    third of the masks after the IoU filter and half of those after the stability filter.
 
 Rows 1-3 run in one subprocess holding both predictors: every repetition times both, the order
-alternating, after one warm-up repetition; times are medians (wall clock, and process CPU time,
-which a shared machine disturbs less); ``max_abs_diff`` compares the embeddings or logits. Row 4
-runs each generator in a fresh subprocess per round, the rounds alternating implementations: a
-warm-up (``set_image`` and one prompt), then the peak resident size is reset (VmHWM, as in
-na2d.py) and one ``generate`` is timed. ``peak_mb`` is the process's peak during ``generate``,
-``extra_mb`` that peak minus the resident size before it (weights, torch and the warm-up's
-leftovers); time and memory are medians over the rounds, ``mem_ratio`` = segment-anything's
-extra_mb / ours (above 1: ours needs less). ``embed_extra_mb`` is the warm-up ``set_image``'s own
-extra peak: where it comes near ``extra_mb``, the image encoder, not the mask generation, sets
-the peak.
+alternating, after one warm-up repetition (``interleaved`` of tools/benchmarks/_common.py); times
+are medians (wall clock, and process CPU time, which a shared machine disturbs less);
+``max_abs_diff`` compares the embeddings or logits. Row 4 runs each generator in a fresh subprocess
+per round, the rounds alternating implementations: a warm-up (``set_image`` and one prompt), then
+the peak resident size is reset (VmHWM, through tools/benchmarks/_common.py) and one ``generate``
+is timed. ``peak_mb`` is the process's peak during ``generate``, ``extra_mb`` that peak minus the
+resident size before it (weights, torch and the warm-up's leftovers); time and memory are medians
+over the rounds, ``mem_ratio`` = segment-anything's extra_mb / ours (above 1: ours needs less).
+``embed_extra_mb`` is the warm-up ``set_image``'s own extra peak: where it comes near ``extra_mb``,
+the image encoder, not the mask generation, sets the peak.
 
-Run alone: ``python tools/benchmarks/sam.py [--quick]``.
+Run alone: ``python tools/benchmarks/sam.py [--quick]`` (``--tiny``: rows 1-3 only, one
+repetition without warm-up, 4 boxes, a test of the harness).
 """
 from __future__ import annotations
 
-import argparse
-import gc
-import json
-import os
 import os.path as osp
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable
 
 import numpy as np
 import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from benchmarks.na2d import _peak_mb, _reset_peak  # noqa: E402  (shared /proc memory probes)
+from benchmarks._common import (REPO, argument_parser, fresh_process, interleaved,  # noqa: E402
+                                measure_peak, print_rows, write_result)
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(REPO, 'configs/sam/sam_vit-b.py')
 IMPLS = ('ours', 'segment_anything')
-IMAGE_SIZE, BOXES = 1024, 64
+IMAGE_SIZE = 1024
+BOXES = dict(full=64, quick=64, tiny=4)
 # generate rows: (height, width); SA-1B's photos are about 1500 x 2250
 AMG_IMAGES = ((1024, 1024), (1536, 2048))
 AMG = dict(points_per_batch=64, pred_iou_thresh=0.05, stability_score_thresh=0.6,
            stability_score_offset=0.01)
 # (repetitions of set_image, predict, predict_torch; generate rounds per implementation)
-REPEATS = dict(full=(5, 20, 5, 3), quick=(2, 5, 2, 1))
+REPEATS = dict(full=(5, 20, 5, 3), quick=(2, 5, 2, 1), tiny=(1, 1, 1, 1))
 
 
 def _image(height: int = IMAGE_SIZE, width: int = IMAGE_SIZE) -> np.ndarray:
@@ -125,42 +121,26 @@ def _generator(impl: str, model: torch.nn.Module, points_per_side: int):
     return SamAutomaticMaskGenerator(model, points_per_side=points_per_side, **AMG)
 
 
-def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict]:
-    """Median wall / CPU seconds of every fn over ``repeats`` repetitions after one warm-up; in
-    each repetition all fns run, the order alternating; also each fn's last output."""
-    wall = {name: [] for name in fns}
-    cpu = {name: [] for name in fns}
-    outputs = {}
-    names = list(fns)
-    for i in range(repeats + 1):
-        for name in (names if i % 2 else names[::-1]):
-            start, cpu_start = time.perf_counter(), time.process_time()
-            outputs[name] = fns[name]()
-            if i:
-                wall[name].append(time.perf_counter() - start)
-                cpu[name].append(time.process_time() - cpu_start)
-    return {name: dict(seconds=statistics.median(wall[name]),
-                       cpu_seconds=statistics.median(cpu[name]), output=outputs[name])
-            for name in fns}
-
-
-def _prompts_worker(weights: str, quick: bool, out: str) -> None:
-    """Subprocess body of rows 1-3: both predictors in one process, timed interleaved."""
-    embed_repeats, point_repeats, box_repeats, _ = REPEATS['quick' if quick else 'full']
+def _prompts_worker(weights: str, size: str, out: str) -> None:
+    """Subprocess body of rows 1-3: both predictors in one process, timed interleaved (no
+    warm-up at size 'tiny')."""
+    embed_repeats, point_repeats, box_repeats, _ = REPEATS[size]
+    num_boxes = BOXES[size]
+    warmup = 0 if size == 'tiny' else 1
     predictors = {impl: _predictor(impl, _model(impl, weights)) for impl in IMPLS}
     image = _image()
     rows = {}
     with torch.no_grad():
-        rows['set_image'] = _interleaved(
+        rows['set_image'] = interleaved(
             {impl: (lambda p=p: (p.set_image(image), p.get_image_embedding())[1])
              for impl, p in predictors.items()},
-            embed_repeats)
+            embed_repeats, warmup)
         point = dict(point_coords=np.array([[500.0, 400.0]]), point_labels=np.array([1]))
-        rows['predict'] = _interleaved(
+        rows['predict'] = interleaved(
             {impl: (lambda p=p: p.predict(**point, multimask_output=True)[2])
-             for impl, p in predictors.items()}, point_repeats)
+             for impl, p in predictors.items()}, point_repeats, warmup)
         gen = torch.Generator().manual_seed(0)
-        corners = torch.rand(BOXES, 2, 2, generator=gen) * IMAGE_SIZE
+        corners = torch.rand(num_boxes, 2, 2, generator=gen) * IMAGE_SIZE
         # two random corners -> (x1, y1, x2, y2)
         boxes = torch.cat([corners.amin(1), corners.amax(1)], 1)
 
@@ -168,17 +148,17 @@ def _prompts_worker(weights: str, quick: bool, out: str) -> None:
             return p.predict_torch(None, None, p.transform.apply_boxes_torch(
                 boxes, p.original_size), multimask_output=False)[2]
 
-        rows['predict_torch'] = _interleaved(
-            {impl: (lambda p=p: boxes_fn(p)) for impl, p in predictors.items()}, box_repeats)
+        rows['predict_torch'] = interleaved(
+            {impl: (lambda p=p: boxes_fn(p)) for impl, p in predictors.items()}, box_repeats,
+            warmup)
     result = {}
     for case, timings in rows.items():
         ours, ref = timings['ours'], timings['segment_anything']
-        diff = float(np.abs(np.asarray(ours['output']) - np.asarray(ref['output'])).max())
-        result[case] = dict(ours_s=ours['seconds'], reference_s=ref['seconds'],
-                            ours_cpu_s=ours['cpu_seconds'], reference_cpu_s=ref['cpu_seconds'],
+        diff = float(np.abs(np.asarray(ours.output) - np.asarray(ref.output)).max())
+        result[case] = dict(ours_s=ours.seconds, reference_s=ref.seconds,
+                            ours_cpu_s=ours.cpu_seconds, reference_cpu_s=ref.cpu_seconds,
                             max_abs_diff=diff)
-    with open(out, 'w') as f:
-        json.dump(result, f)
+    write_result(out, result)
 
 
 def _amg_worker(impl: str, weights: str, points_per_side: int, height: int, width: int,
@@ -188,47 +168,43 @@ def _amg_worker(impl: str, weights: str, points_per_side: int, height: int, widt
     model = _model(impl, weights)
     generator = _generator(impl, model, points_per_side)
     image = _image(height, width)
-    gc.collect()
     with torch.no_grad():  # warm-up: the encoder and the decoder once
-        resident = _reset_peak()
-        generator.predictor.set_image(image)
-        embed_extra_mb = _peak_mb() - resident
+        _, embed_memory = measure_peak(lambda: generator.predictor.set_image(image))
         generator.predictor.predict(point_coords=np.array([[500.0, 400.0]]),
                                     point_labels=np.array([1]))
         generator.predictor.reset_image()
-    gc.collect()
-    resident = _reset_peak()
-    start, cpu_start = time.perf_counter(), time.process_time()
-    records = generator.generate(image)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    peak = _peak_mb()
-    with open(out, 'w') as f:
-        json.dump(dict(seconds=seconds, cpu_seconds=cpu_seconds, peak_mb=peak,
-                       extra_mb=peak - resident, embed_extra_mb=embed_extra_mb,
-                       masks=len(records),
-                       areas=sorted(r['area'] for r in records)), f)
+    times = {}
+
+    def timed_generate() -> list[dict]:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        records = generator.generate(image)
+        times.update(seconds=time.perf_counter() - start,
+                     cpu_seconds=time.process_time() - cpu_start)
+        return records
+
+    records, memory = measure_peak(timed_generate)
+    write_result(out, dict(times, peak_mb=memory['peak_mb'], extra_mb=memory['extra_mb'],
+                           embed_extra_mb=embed_memory['extra_mb'], masks=len(records),
+                           areas=sorted(r['area'] for r in records)))
 
 
-def _subprocess(args: list[str], out: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    subprocess.run([sys.executable, osp.abspath(__file__), '--worker', *args, out], check=True,
-                   env=env)
-    with open(out) as f:
-        return json.load(f)
+def _subprocess(*args) -> dict:
+    return fresh_process([osp.abspath(__file__), '--worker', *args])
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, tiny: bool = False) -> list[dict]:
+    size = 'tiny' if tiny else 'quick' if quick else 'full'
     points_per_side = 8 if quick else 32
-    rounds = REPEATS['quick' if quick else 'full'][3]
+    rounds = REPEATS[size][3]
     threads = torch.get_num_threads()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         weights = osp.join(tmp, 'sam_vit_b.pt')
         _write_weights(weights)
-        prompts = _subprocess(['prompts', weights, str(int(quick))], osp.join(tmp, 'p.json'))
+        prompts = _subprocess('prompts', weights, size)
         names = dict(set_image=f'set_image (image embedding), {IMAGE_SIZE}x{IMAGE_SIZE}',
                      predict='predict, one point, 3 masks',
-                     predict_torch=f'predict_torch, {BOXES} boxes, 1 mask each')
+                     predict_torch=f'predict_torch, {BOXES[size]} boxes, 1 mask each')
         for case, result in prompts.items():
             rows.append(dict(case=f'SAM ViT-B {names[case]}', ours_s=result['ours_s'],
                              reference='segment_anything', reference_s=result['reference_s'],
@@ -236,20 +212,17 @@ def run(quick: bool = False) -> list[dict]:
                              ours_cpu_s=result['ours_cpu_s'],
                              reference_cpu_s=result['reference_cpu_s'],
                              max_abs_diff=result['max_abs_diff'], threads=threads))
-        for height, width in AMG_IMAGES[:1] if quick else AMG_IMAGES:
-            rows.append(_amg_row(weights, points_per_side, height, width, rounds, tmp))
+        for height, width in () if tiny else AMG_IMAGES[:1] if quick else AMG_IMAGES:
+            rows.append(_amg_row(weights, points_per_side, height, width, rounds))
     return rows
 
 
-def _amg_row(weights: str, points_per_side: int, height: int, width: int, rounds: int,
-             tmp: str) -> dict:
+def _amg_row(weights: str, points_per_side: int, height: int, width: int, rounds: int) -> dict:
     """Both generators in fresh subprocesses, ``rounds`` times, alternating; medians."""
     amg = {impl: [] for impl in IMPLS}
     for i in range(rounds):
         for impl in (IMPLS if i % 2 == 0 else IMPLS[::-1]):
-            amg[impl].append(_subprocess(
-                ['amg', impl, weights, str(points_per_side), str(height), str(width)],
-                osp.join(tmp, f'amg_{impl}_{height}x{width}_{i}.json')))
+            amg[impl].append(_subprocess('amg', impl, weights, points_per_side, height, width))
     summary = {impl: {key: statistics.median(r[key] for r in results)
                       for key in ('seconds', 'cpu_seconds', 'peak_mb', 'extra_mb',
                                   'embed_extra_mb')}
@@ -268,26 +241,23 @@ def _amg_row(weights: str, points_per_side: int, height: int, width: int, rounds
         mem_ratio=ref['extra_mb'] / max(ours['extra_mb'], 1e-3),
         ours_embed_extra_mb=ours['embed_extra_mb'],
         reference_embed_extra_mb=ref['embed_extra_mb'], ours_masks=len(ours_areas),
-        reference_masks=len(ref_areas), max_area_diff_px=area_diff, rounds=rounds, threads=torch.get_num_threads())
+        reference_masks=len(ref_areas), max_area_diff_px=area_diff, rounds=rounds,
+        threads=torch.get_num_threads())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--quick', action='store_true',
-                        help='an 8x8 grid, fewer repetitions, one round')
-    parser.add_argument('--worker', nargs='+', help=argparse.SUPPRESS)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = argument_parser(__doc__, 'an 8x8 grid, fewer repetitions, one round',
+                           tiny=True).parse_args(argv)
     if args.worker:
         kind, *rest = args.worker
         if kind == 'prompts':
-            weights, quick, out = rest
-            _prompts_worker(weights, bool(int(quick)), out)
+            weights, size, out = rest
+            _prompts_worker(weights, size, out)
         else:
             impl, weights, points_per_side, height, width, out = rest
             _amg_worker(impl, weights, int(points_per_side), int(height), int(width), out)
         return
-    for row in run(quick=args.quick):
-        print(row)
+    print_rows(run(quick=args.quick, tiny=args.tiny))
 
 
 if __name__ == '__main__':
