@@ -146,3 +146,20 @@ def test_sam_tiny():
         assert _positive(row['ratio']) and _positive(row['ours_cpu_s'])
         assert row['ratio'] == pytest.approx(row['reference_s'] / row['ours_s'])
         assert row['max_abs_diff'] < 1e-3  # embeddings, then mask logits
+
+
+@pytest.mark.slow
+def test_na2d_tiny():
+    rows = _topic('na2d').run(tiny=True)
+    references = ['sdpa 7x7 windows'] * 4
+    if importlib.util.find_spec('natten') is not None:  # natten: forward rows only
+        references = ['sdpa 7x7 windows', 'natten (cpu)', 'sdpa 7x7 windows',
+                      'sdpa 7x7 windows', 'natten (cpu)', 'sdpa 7x7 windows']
+    assert [row['reference'] for row in rows] == references
+    assert rows[0]['case'] == 'na2d 28x28 k7 d1 fwd'
+    assert rows[-1]['case'] == 'na2d 28x28 k7 d4 fwd+bwd'
+    for row in rows:
+        assert _positive(row['ratio']) and _positive(row['ours_extra_mb'])
+        assert row['ours_peak_mb'] > row['ours_extra_mb']
+        if row['reference'] == 'natten (cpu)':
+            assert row['max_abs_diff'] < 1e-4

@@ -8,34 +8,35 @@ and is skipped in quick mode. Window attention (non-overlapping 7x7 windows, the
 to a multiple of 7, one SDPA call) is the cheapest local attention and the speed target; it does
 not depend on the dilation, so it is measured once per size and mode.
 
-Each (implementation, size, dilation, mode) runs in its own subprocess: time is the median of
-REPEATS runs after one warm-up (wall clock, plus process CPU time, which shared machines disturb
-less); memory is read from /proc (VmHWM, reset with clear_refs once the inputs exist): ``peak_mb``
-is the subprocess's peak resident size, ``extra_mb`` that peak minus the resident size before the
-first run, i.e. what the op itself allocates (ru_maxrss of the whole process off Linux).
-``ratio`` = reference_s / ours_s (above 1: ours is faster). Forward rows against natten also
-report ``max_abs_diff`` of the two outputs.
+For each (size, dilation, mode) one worker process builds the inputs once and times ours, the
+windows and natten interleaved (tools/benchmarks/_common.py): the median of REPEATS runs of each
+after one warm-up, the order rotating (wall clock, plus process CPU time, which shared machines
+disturb less); forward rows against natten report ``max_abs_diff`` of the two outputs, taken
+there. natten at 128x128 (~47 s a run) is the exception: it runs once, in its memory process, and
+is timed there. Memory comes from a fresh process per (implementation, size, dilation, mode)
+running one step, read from /proc (VmHWM, reset with clear_refs once the inputs exist):
+``peak_mb`` is that process's peak resident size, ``extra_mb`` that peak minus the resident size
+before the step, i.e. what the op itself allocates (ru_maxrss of the whole process off Linux).
+``ratio`` = reference_s / ours_s (above 1: ours is faster).
 
-Run alone: ``python tools/benchmarks/na2d.py [--quick]``.
+Run alone: ``python tools/benchmarks/na2d.py [--quick]`` (``--tiny``: 28x28, one repetition, a
+test of the harness).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import os.path as osp
-import resource
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from benchmarks._common import (argument_parser, fresh_process, interleaved,  # noqa: E402
+                                measure_peak, print_rows, write_result)
+
 KERNEL, HEADS, HEAD_DIM = 7, 4, 32
 SIZES, DILATIONS, MODES = (56, 128), (1, 4), ('fwd', 'fwd+bwd')
 
@@ -72,76 +73,56 @@ def _op(impl: str, dilation: int):
     raise ValueError(f"unknown implementation {impl!r}; choose from 'ours', 'natten', 'window'")
 
 
-def _rss_mb(field: str) -> float:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1]) / 1024
-    raise OSError(f'{field} not in /proc/self/status')
-
-
-def _reset_peak() -> float:
-    """Restart the peak-RSS count from now; returns the current resident size in MB."""
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-        return _rss_mb('VmRSS')
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _peak_mb() -> float:
-    try:
-        return _rss_mb('VmHWM')
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _worker(impl: str, size: int, dilation: int, mode: str, repeats: int, out: str) -> None:
-    """Subprocess body: time ``repeats`` runs after a warm-up, write times / memory / output."""
-    op = _op(impl, dilation)
+def _inputs(size: int, backward: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Seeded q, k, v (1, size, size, HEADS, HEAD_DIM) and the output gradient."""
     gen = torch.Generator().manual_seed(0)
-    backward = mode == 'fwd+bwd'
-    q, k, v = (torch.randn(1, size, size, HEADS, HEAD_DIM, generator=gen).requires_grad_(backward)
-               for _ in range(3))
-    grad = torch.randn(q.shape, generator=gen)
+    qkv = [torch.randn(1, size, size, HEADS, HEAD_DIM, generator=gen).requires_grad_(backward)
+           for _ in range(3)]
+    return qkv, torch.randn(qkv[0].shape, generator=gen)
 
-    def step() -> torch.Tensor:
-        if not backward:
-            with torch.no_grad():
-                return op(q, k, v)
-        for t in (q, k, v):
-            t.grad = None
-        result = op(q, k, v)
-        result.backward(grad)
-        return result.detach()
 
-    resident = _reset_peak()
-    times, cpu_times = [], []
-    for i in range(repeats + (1 if repeats > 1 else 0)):  # one warm-up unless a single run
-        start, cpu_start = time.perf_counter(), time.process_time()
-        output = step()
-        if i or repeats == 1:
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
-    peak = _peak_mb()
+def _step(op, qkv: list[torch.Tensor], grad: torch.Tensor, backward: bool) -> torch.Tensor:
+    """One forward (no grad), or forward + backward; the output."""
     if not backward:
-        torch.save(output, out + '.pt')
-    with open(out, 'w') as f:
-        json.dump(dict(seconds=statistics.median(times), cpu_seconds=statistics.median(cpu_times),
-                       peak_mb=peak, extra_mb=peak - resident), f)
+        with torch.no_grad():
+            return op(*qkv)
+    for t in qkv:
+        t.grad = None
+    result = op(*qkv)
+    result.backward(grad)
+    return result.detach()
 
 
-def _measure(impl: str, size: int, dilation: int, mode: str, repeats: int, tmp: str) -> dict:
-    out = osp.join(tmp, f'{impl}_{size}_{dilation}_{mode}.json')
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    subprocess.run([sys.executable, osp.abspath(__file__), '--worker', impl, str(size),
-                    str(dilation), mode, str(repeats), out], check=True, env=env)
-    with open(out) as f:
-        result = json.load(f)
-    if mode == 'fwd':
-        result['output'] = torch.load(out + '.pt', weights_only=True)
-    return result
+def _time_worker(impls: str, size: int, dilation: int, mode: str, repeats: int,
+                 out: str) -> None:
+    """Worker body: the comma-separated ``impls`` on the same inputs, timed interleaved."""
+    backward = mode == 'fwd+bwd'
+    qkv, grad = _inputs(size, backward)
+    timings = interleaved({impl: partial(_step, _op(impl, dilation), qkv, grad, backward)
+                           for impl in impls.split(',')}, repeats)
+    result = {impl: dict(seconds=t.seconds, cpu_seconds=t.cpu_seconds)
+              for impl, t in timings.items()}
+    if 'natten' in timings:
+        result['natten']['max_abs_diff'] = (
+            timings['ours'].output - timings['natten'].output).abs().max().item()
+    write_result(out, result)
+
+
+def _memory_worker(impl: str, size: int, dilation: int, mode: str, out: str) -> None:
+    """Worker body: the memory (and the time) of one step of ``impl``."""
+    backward = mode == 'fwd+bwd'
+    qkv, grad = _inputs(size, backward)
+    op = _op(impl, dilation)
+    times = {}
+
+    def step():
+        start, cpu_start = time.perf_counter(), time.process_time()
+        _step(op, qkv, grad, backward)
+        times.update(seconds=time.perf_counter() - start,
+                     cpu_seconds=time.process_time() - cpu_start)
+
+    _, memory = measure_peak(step)
+    write_result(out, dict(memory, **times))
 
 
 def _natten_available() -> bool:
@@ -152,49 +133,57 @@ def _natten_available() -> bool:
     return True
 
 
-def run(quick: bool = False) -> list[dict]:
-    repeats = 3 if quick else 5
+def run(quick: bool = False, tiny: bool = False) -> list[dict]:
+    repeats = 1 if tiny else 3 if quick else 5
+    sizes = (KERNEL * max(DILATIONS),) if tiny else SIZES
     has_natten = _natten_available()
+    script = osp.abspath(__file__)
+
+    def memory(impl: str, size: int, dilation: int, mode: str) -> dict:
+        return fresh_process([script, '--worker', 'memory', impl, size, dilation, mode])
+
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for size in SIZES:
-            windows = {mode: _measure('window', size, 1, mode, repeats, tmp) for mode in MODES}
-            for dilation in DILATIONS:
-                for mode in MODES:
-                    ours = _measure('ours', size, dilation, mode, repeats, tmp)
-                    refs = [('sdpa 7x7 windows', windows[mode])]
-                    if mode == 'fwd' and has_natten and not (quick and size > 56):
-                        natten_repeats = 1 if size > 56 else repeats
-                        refs.append(('natten (cpu)', _measure('natten', size, dilation, mode,
-                                                              natten_repeats, tmp)))
-                    for name, ref in refs:
-                        row = dict(
-                            case=f'na2d {size}x{size} k{KERNEL} d{dilation} {mode}',
-                            ours_s=ours['seconds'], reference=name, reference_s=ref['seconds'],
-                            ratio=ref['seconds'] / ours['seconds'],
-                            ours_cpu_s=ours['cpu_seconds'], reference_cpu_s=ref['cpu_seconds'],
-                            ours_peak_mb=ours['peak_mb'], reference_peak_mb=ref['peak_mb'],
-                            ours_extra_mb=ours['extra_mb'], reference_extra_mb=ref['extra_mb'],
-                            threads=torch.get_num_threads())
-                        if name.startswith('natten'):
-                            diff = (ours['output'] - ref['output']).abs().max().item()
-                            row['max_abs_diff'] = diff
-                        rows.append(row)
+    for size in sizes:
+        windows = {mode: memory('window', size, 1, mode) for mode in MODES}
+        for dilation in DILATIONS:
+            for mode in MODES:
+                with_natten = mode == 'fwd' and has_natten and not (quick and size > 56)
+                interleave = ['ours', 'window'] + (['natten'] if with_natten and size <= 56
+                                                   else [])
+                times = fresh_process([script, '--worker', 'time', ','.join(interleave), size,
+                                       dilation, mode, repeats])
+                ours = dict(memory('ours', size, dilation, mode), **times['ours'])
+                refs = [('sdpa 7x7 windows', dict(windows[mode], **times['window']))]
+                if with_natten:  # beyond 56, natten's single run in its memory process
+                    natten = memory('natten', size, dilation, mode)
+                    refs.append(('natten (cpu)', dict(natten, **times.get('natten', {}))))
+                for name, ref in refs:
+                    row = dict(
+                        case=f'na2d {size}x{size} k{KERNEL} d{dilation} {mode}',
+                        ours_s=ours['seconds'], reference=name, reference_s=ref['seconds'],
+                        ratio=ref['seconds'] / ours['seconds'],
+                        ours_cpu_s=ours['cpu_seconds'], reference_cpu_s=ref['cpu_seconds'],
+                        ours_peak_mb=ours['peak_mb'], reference_peak_mb=ref['peak_mb'],
+                        ours_extra_mb=ours['extra_mb'], reference_extra_mb=ref['extra_mb'],
+                        threads=torch.get_num_threads())
+                    if name.startswith('natten') and 'max_abs_diff' in ref:
+                        row['max_abs_diff'] = ref['max_abs_diff']
+                    rows.append(row)
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--quick', action='store_true', help='fewer repeats, no natten at 128')
-    parser.add_argument('--worker', nargs=6, help=argparse.SUPPRESS,
-                        metavar=('IMPL', 'SIZE', 'DILATION', 'MODE', 'REPEATS', 'OUT'))
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = argument_parser(__doc__, 'fewer repeats, no natten at 128', tiny=True).parse_args(argv)
     if args.worker:
-        impl, size, dilation, mode, repeats, out = args.worker
-        _worker(impl, int(size), int(dilation), mode, int(repeats), out)
+        kind, *rest = args.worker
+        if kind == 'time':
+            impls, size, dilation, mode, repeats, out = rest
+            _time_worker(impls, int(size), int(dilation), mode, int(repeats), out)
+        else:
+            impl, size, dilation, mode, out = rest
+            _memory_worker(impl, int(size), int(dilation), mode, out)
         return
-    for row in run(quick=args.quick):
-        print(row)
+    print_rows(run(quick=args.quick, tiny=args.tiny))
 
 
 if __name__ == '__main__':
