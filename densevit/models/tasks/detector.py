@@ -7,7 +7,7 @@ Call graph (mmengine calls ``forward`` with mode 'loss', 'predict' or 'tensor'):
       ├─ extract_feat(inputs)                   backbone -> neck: {'s8': (B, C, H/8, W/8), ...}
       ├─ padding_mask(data_samples, (Hp, Wp))   (B, Hp, Wp) bool, True outside img_shape
       ├─ head.loss(features, padding_mask, targets) -> {'loss_cls': ..., 'd0.loss_giou': ...}
-      └─ _check_finite(losses, data_samples)    FloatingPointError before any optimizer step
+      └─ check_finite_losses(losses, ...)     FloatingPointError before any optimizer step
     predict(inputs, data_samples)
       ├─ extract_feat, padding_mask
       ├─ head.predict(features, padding_mask) -> P: logits, boxes[, masks]
@@ -25,7 +25,6 @@ from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
 from torchvision.ops import box_convert
 
@@ -33,6 +32,7 @@ from ...checkpoint.loading import load_backbone_checkpoint
 from ...registry import MODELS
 from ...structures import DataSample, InstanceData
 from .det_data_preprocessor import pad_masks, padding_mask
+from .finite import check_finite_losses, describe_sample
 from .neck_chain import apply_neck, build_neck
 
 __all__ = ['Detector']
@@ -150,7 +150,7 @@ class Detector(BaseModel):
                     target['masks'] = pad_masks(gt.masks.bool(), size)
                 elif len(labels):
                     raise ValueError(f'head {type(self.head).__name__} predicts masks but image '
-                                     f'{_describe(sample)} has no gt_instances.masks; load them '
+                                     f'{describe_sample(sample)} has no gt_instances.masks; load them '
                                      'with LoadAnnotations(with_mask=True)')
                 else:
                     target['masks'] = torch.zeros((0, *size), dtype=torch.bool,
@@ -167,7 +167,7 @@ class Detector(BaseModel):
         for target, sample in zip(targets, data_samples):
             bad = target['labels'][(target['labels'] < 0) | (target['labels'] >= self.num_classes)]
             if len(bad):
-                raise ValueError(f'image {_describe(sample)} has gt labels {bad.tolist()} outside '
+                raise ValueError(f'image {describe_sample(sample)} has gt labels {bad.tolist()} outside '
                                  f'[0, {self.num_classes}) of the head (num_classes='
                                  f'{self.num_classes}); do the dataset classes match the head?')
 
@@ -193,34 +193,13 @@ class Detector(BaseModel):
         features = self.extract_feat(inputs)
         losses = self.head.loss(features, self._padding_mask(inputs, data_samples), targets)
         if self.check_finite_loss:
-            self._check_finite(losses, data_samples)
+            check_finite_losses(losses, data_samples)
         return losses
 
     def predict(self, inputs: torch.Tensor, data_samples: Sequence | None = None) -> list:
         preds = self.head.predict(self.extract_feat(inputs),
                                   self._padding_mask(inputs, data_samples))
         return self.postprocess(preds, data_samples, tuple(inputs.shape[-2:]))
-
-    # ---------------------------------------------------------------- checks
-    @staticmethod
-    def _check_finite(losses: Mapping[str, torch.Tensor], data_samples: Sequence) -> None:
-        """Raise FloatingPointError if a loss is NaN or inf, naming the iteration, every loss
-        value and the batch's images, so a bad batch stops training before the optimizer step
-        (and before a checkpoint with NaN weights can be written)."""
-        tensors = {name: [torch.as_tensor(t) for t in
-                          (value if isinstance(value, (list, tuple)) else [value])]
-                   for name, value in losses.items()}
-        flags = [torch.isfinite(t).all() for ts in tensors.values() for t in ts]
-        if not flags or bool(torch.stack(flags).all()):  # one device sync per step
-            return
-        values = {name: [float(t.detach().float().sum()) for t in ts]
-                  for name, ts in tensors.items()}
-        iteration = MessageHub.get_current_instance().get_info('iter')
-        where = f'iteration {iteration}' if iteration is not None else 'an unknown iteration'
-        terms = ', '.join(f'{name}={vs[0] if len(vs) == 1 else vs}' for name, vs in values.items())
-        images = '; '.join(_describe(s) for s in data_samples)
-        raise FloatingPointError(f'non-finite loss at {where}: {terms}; images: '
-                                 f'{images}')
 
     # ---------------------------------------------------------------- post-processing
     def select(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -312,11 +291,3 @@ def _flip_dims(meta: Mapping) -> tuple[str, ...]:
         raise ValueError(f'unknown flip_direction {direction!r}; expected horizontal, vertical '
                          'or diagonal')
     return dims
-
-
-def _describe(sample) -> str:
-    """'img_id 42 (path/to/000042.jpg)' or whatever of the two the sample's metainfo has."""
-    meta = sample.metainfo
-    parts = [f'img_id {meta["img_id"]}' if 'img_id' in meta else None,
-             f'({meta["img_path"]})' if 'img_path' in meta else None]
-    return ' '.join(p for p in parts if p) or '<no img_id or img_path>'

@@ -17,7 +17,7 @@ Call graph:
       │         ├─ decode(first prompt, multimask) -> _mask_losses on the lowest-loss output
       │         └─ refinement_schedule(num_clicks, refine_iterations) steps, each
       │              previous logits (+ random_error_clicks on a click step) -> decode(single mask)
-      └─ Detector._check_finite(losses, data_samples)
+      └─ check_finite_losses(losses, data_samples)
     predict(inputs, data_samples)                mode='predict'
       ├─ image_embedding
       └─ per image, per chunk of gt instances: _score_prompts
@@ -72,7 +72,7 @@ from torchvision.ops import masks_to_boxes, sigmoid_focal_loss
 from ...checkpoint.loading import load_backbone_checkpoint
 from ...registry import MODELS
 from ..heads.sam import build_mask_decoder, build_prompt_encoder
-from .detector import Detector, _describe
+from .finite import check_finite_losses, describe_sample
 from .neck_chain import apply_neck, build_neck
 from .sam_prompts import (center_points, farthest_error_clicks, noisy_boxes,
                           random_error_clicks, random_points_in_masks)
@@ -156,7 +156,7 @@ class PromptableSegmenter(BaseModel):
     """
 
     mask_threshold = 0.0  # a pixel is in the mask where its logit > 0, as segment-anything's Sam
-    check_finite_loss = True  # as Detector's: off when the optim wrapper skips non-finite steps
+    check_finite_loss = True  # off when the optim wrapper skips non-finite steps (finite.py)
     image_format = 'RGB'
 
     def __init__(self, *, backbone: dict, neck: dict | list[dict] | None = None,
@@ -320,7 +320,7 @@ class PromptableSegmenter(BaseModel):
         else:
             losses = {name: value / count for name, value in totals.items()}
         if self.check_finite_loss:
-            Detector._check_finite(losses, data_samples)
+            check_finite_losses(losses, data_samples)
         return losses
 
     def _training_masks(self, sample, size: tuple[int, int]) -> torch.Tensor:
@@ -330,7 +330,7 @@ class PromptableSegmenter(BaseModel):
         h, w = sample.metainfo.get('img_shape', size)[:2]
         if gt is None or 'masks' not in gt or not len(gt.masks):
             if gt is not None and len(gt) and 'masks' not in gt:
-                raise ValueError(f'image {_describe(sample)} has gt_instances without masks; '
+                raise ValueError(f'image {describe_sample(sample)} has gt_instances without masks; '
                                  'load them with LoadAnnotations(with_mask=True)')
             return torch.zeros((0, h, w), dtype=torch.bool, device=self.device)
         masks = gt.masks.to(self.device).bool()[:, :h, :w]
@@ -426,11 +426,11 @@ class PromptableSegmenter(BaseModel):
         if gt is None or not len(gt):
             return {mode: torch.cat(values) for mode, values in ious.items()}
         if 'masks' not in gt:
-            raise ValueError(f'image {_describe(sample)} has gt_instances without masks; load '
+            raise ValueError(f'image {describe_sample(sample)} has gt_instances without masks; load '
                              'them with LoadAnnotations(with_mask=True)')
         masks = gt.masks.to(self.device).bool()
         if tuple(masks.shape[-2:]) != (ori_h, ori_w):
-            raise ValueError(f'image {_describe(sample)}: gt masks of size '
+            raise ValueError(f'image {describe_sample(sample)}: gt masks of size '
                              f'{tuple(masks.shape[-2:])} are not at ori_shape {(ori_h, ori_w)}; '
                              'evaluation compares at the original size')
         _warn_empty(masks, sample)
@@ -549,7 +549,7 @@ def _warn_empty(masks: torch.Tensor, sample) -> None:
     """One warning per image counting its gt instances with an empty mask (skipped)."""
     empty = int((~masks.flatten(1).any(1)).sum())
     if empty:
-        message = (f'image {_describe(sample)}: skipped {empty} of {len(masks)} gt instances '
+        message = (f'image {describe_sample(sample)}: skipped {empty} of {len(masks)} gt instances '
                    f'whose mask is empty at size {tuple(masks.shape[-2:])}')
         print_log(message, logger='current', level=logging.WARNING)
         warnings.warn(message, stacklevel=3)

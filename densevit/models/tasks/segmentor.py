@@ -13,7 +13,7 @@ from torch import nn
 from ...checkpoint.loading import load_backbone_checkpoint
 from ...registry import MODELS
 from ...structures import DataSample, PixelData
-from .detector import Detector
+from .finite import check_finite_losses
 
 __all__ = ['Segmentor', 'slide_windows']
 
@@ -228,7 +228,7 @@ class Segmentor(BaseModel):
             losses.update({f'{prefix}.{k}': v for k, v in head.loss(features,
                                                                     data_samples).items()})
         if self.check_finite_loss:
-            Detector._check_finite(losses, data_samples)
+            check_finite_losses(losses, data_samples)
         return losses
 
     def predict(self, inputs: torch.Tensor, data_samples: Sequence | None = None) -> list:
