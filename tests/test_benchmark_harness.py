@@ -96,6 +96,14 @@ def test_fresh_process_raises_when_the_child_fails():
 
 # ------------------------------------------------------------------ topics at tiny sizes
 
+@pytest.fixture(autouse=True)
+def one_thread_children(monkeypatch):
+    """The topics' worker processes on one thread: on a loaded 2-core machine two threads make
+    tiny kernels wait for each other (a 64x64 Swin-T forward: 1 s against 0.04 s)."""
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    monkeypatch.setenv('MKL_NUM_THREADS', '1')
+
+
 def _topic(name: str):
     return importlib.import_module(f'benchmarks.{name}')
 
@@ -163,3 +171,20 @@ def test_na2d_tiny():
         assert row['ours_peak_mb'] > row['ours_extra_mb']
         if row['reference'] == 'natten (cpu)':
             assert row['max_abs_diff'] < 1e-4
+
+
+@pytest.mark.slow
+def test_scaling_tiny():
+    pytest.importorskip('timm')
+    rows = _topic('scaling').run(tiny=True)
+    assert [row['case'] for row in rows] == [
+        'Swin-T 224 forward', 'DiNAT-T 224 forward', 'Swin-T forward scaling, sides [64, 96]',
+        'DiNAT-T forward scaling, sides [64, 96]', 'ViTDet-B forward scaling, sides [64, 96]']
+    swin = rows[0]
+    assert swin['reference'] == 'timm'
+    assert _positive(swin['time_ratio']) and _positive(swin['memory_ratio'])
+    assert swin['time_ratio'] == pytest.approx(swin['ours_s'] / swin['reference_s'])
+    assert swin['ours_peak_mb'] > swin['ours_added_mb'] > 0
+    assert _positive(rows[1]['ours_s'])
+    for row in rows[2:]:
+        assert math.isfinite(row['time_exponent']) and math.isfinite(row['memory_exponent'])
