@@ -188,3 +188,35 @@ def test_scaling_tiny():
     assert _positive(rows[1]['ours_s'])
     for row in rows[2:]:
         assert math.isfinite(row['time_exponent']) and math.isfinite(row['memory_exponent'])
+
+
+@pytest.mark.slow
+def test_upernet_tiny():
+    pytest.importorskip('transformers')
+    rows = _topic('upernet').run(tiny=True)
+    assert [row['case'] for row in rows] == [
+        'UperNet Swin-T 64x64 forward (no grad, batch 1)',
+        'UperNet Swin-T 64x64 train + backward (batch 2)']
+    for row in rows:
+        assert _positive(row['time_ratio']) and _positive(row['memory_ratio'])
+        assert row['time_ratio'] == pytest.approx(row['ours_s'] / row['reference_s'])
+        assert _positive(row['ours_share_of_matmul_peak'])
+        assert row['ours_peak_mb'] > row['ours_added_mb'] > 0
+    assert rows[0]['max_rel_diff'] < 1e-4  # same weights, same logits
+    ours_loss, ref_loss = map(float, rows[1]['loss_ours_vs_reference'].split(' / '))
+    # 151-way cross-entropies of random labels, decode + 0.4 auxiliary: about 1.4 x log(150)
+    assert ours_loss == pytest.approx(ref_loss, rel=0.1)
+    assert 4 < ref_loss < 10
+
+
+@pytest.mark.slow
+def test_segmentation_sliding_window_tiny():
+    pytest.importorskip('transformers')
+    rows = _topic('segmentation').sliding_window(quick=False, tiny=True)
+    assert [row['window_batch'] for row in rows] == [1, 6]
+    for row in rows:
+        assert (row['image'], row['window'], row['windows']) == ('128x64', '64x64', 3)
+        assert _positive(row['ratio'])
+        assert row['ratio'] == pytest.approx(row['ours_images_per_s']
+                                             / row['reference_images_per_s'])
+        assert row['max_rel_diff'] < 1e-4  # the same stitched logits

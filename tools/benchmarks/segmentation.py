@@ -109,36 +109,40 @@ def run(quick: bool = False) -> list[dict]:
     return [shortcuts(), quickstart(quick), *sliding_window(quick)]
 
 
-def sliding_window(quick: bool) -> list[dict]:
+def sliding_window(quick: bool, tiny: bool = False) -> list[dict]:
     """Sliding-window inference of UperNet Swin-T (channels 512) on one 2048x1024 image, 512x512
     windows, stride 341 (3 x 6 = 18 windows), densevit's Segmentor with windows run 1 and 6 at a
     time against transformers' model run window by window with the same stitching, on the same
-    weights (see benchmarks/upernet.py; each case in a fresh process). ``quick``: a 512x256
-    image, 256 windows, stride 171 (3 windows)."""
-    from benchmarks.upernet import measure, reference_weights
+    weights (see benchmarks/upernet.py: the three timed interleaved in one process, each one's
+    memory from a fresh process). ``quick``: a 512x256 image, 256 windows, stride 171 (3
+    windows); ``tiny``: a 128x64 image, 64 windows, stride 43 (3 windows), a test of the
+    harness."""
+    from benchmarks.upernet import REPEATS, measure, reference_weights
 
-    height, width, crop, stride = (256, 512, 256, 171) if quick else (1024, 2048, 512, 341)
+    height, width, crop, stride = ((64, 128, 64, 43) if tiny else (256, 512, 256, 171) if quick
+                                   else (1024, 2048, 512, 341))
     num_windows = len(slide_windows((height, width), (crop, crop), (stride, stride)))
+    repeats = 1 if tiny else 2 if height > 512 else REPEATS  # a full image takes minutes
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         weights = osp.join(tmp, 'upernet_swin_t.pt')
         reference_weights(weights)
-        ref, ref_out = measure('transformers', 'slide', height, weights, tmp,
-                               (width, crop, stride, 1))
-        for window_batch in (1, 6):
-            ours, ours_out = measure('ours', 'slide', height, weights, tmp,
-                                     (width, crop, stride, window_batch))
-            rows.append(dict(
-                model='UperNet Swin-T', image=f'{width}x{height}', window=f'{crop}x{crop}',
-                stride=stride, windows=num_windows, window_batch=window_batch,
-                ours_images_per_s=1.0 / ours['seconds'],
-                reference='transformers, window by window',
-                reference_images_per_s=1.0 / ref['seconds'],
-                ratio=ref['seconds'] / ours['seconds'], ours_cpu_s=ours['cpu_seconds'],
-                reference_cpu_s=ref['cpu_seconds'], ours_peak_mb=ours['peak_mb'],
-                reference_peak_mb=ref['peak_mb'],
-                max_rel_diff=((ours_out - ref_out).abs().max() / ref_out.abs().max()).item(),
-                threads=torch.get_num_threads()))
+        results = measure('slide', height, weights, ('ours:1', 'ours:6', 'transformers'),
+                          slide=(width, crop, stride), repeats=repeats,
+                          matmul_n=512 if tiny else 4096)
+    ref = results['transformers']
+    for window_batch in (1, 6):
+        ours = results[f'ours:{window_batch}']
+        rows.append(dict(
+            model='UperNet Swin-T', image=f'{width}x{height}', window=f'{crop}x{crop}',
+            stride=stride, windows=num_windows, window_batch=window_batch,
+            ours_images_per_s=1.0 / ours['seconds'],
+            reference='transformers, window by window',
+            reference_images_per_s=1.0 / ref['seconds'],
+            ratio=ref['seconds'] / ours['seconds'], ours_cpu_s=ours['cpu_seconds'],
+            reference_cpu_s=ref['cpu_seconds'], ours_peak_mb=ours['peak_mb'],
+            reference_peak_mb=ref['peak_mb'], max_rel_diff=ours['max_rel_diff'],
+            threads=torch.get_num_threads()))
     return rows
 
 

@@ -5,56 +5,45 @@ seeded random transformers model (BatchNorm statistics randomised), converted fo
 the ``hf_upernet`` converter.
 
 Cases: ``forward`` (eval, no grad, batch 1, logits at the input size) and ``train`` (train mode,
-batch 2 with random labels, decode + 0.4 x auxiliary cross-entropy, backward). Each
-implementation and case runs in its own subprocess, ours first then transformers; time is the
-median of 3 repetitions after a warm-up (wall clock and process CPU time); peak memory is the
-subprocess's peak resident size during the repetitions (VmHWM reset after building: interpreter,
-torch and weights resident plus what the repetitions allocate; ``added_mb``: the peak above the
-resident size at the reset, what the case itself allocates). Each subprocess also times a
-4096x4096 fp32 ``torch.mm`` just before its case (this machine's matmul peak under the same
-load), and the rows give the achieved GFLOP/s (FLOPs: twice mmengine's ``FlopAnalyzer`` count of
-multiply-adds for one forward; a training step counted as 3 forwards) as a share of it.
+batch 2 with random labels, decode + 0.4 x auxiliary cross-entropy, backward). Both
+implementations of a case are built in one worker process and timed interleaved on the same
+input (tools/benchmarks/_common.py): the median of 3 repetitions of each after a warm-up, the
+order rotating (wall clock and process CPU time); the outputs (forward: logits, train: losses)
+are compared there. Peak memory comes from a fresh process per implementation running one step:
+its peak resident size during the step (VmHWM reset after building: interpreter, torch and
+weights resident plus what the step allocates; ``added_mb``: the peak above the resident size at
+the reset, what the step itself allocates). The timing process also times a 4096x4096 fp32
+``torch.mm`` before and after the case (this machine's matmul peak under the same load, the mean
+of the two), and the rows give the achieved GFLOP/s (FLOPs: twice mmengine's ``FlopAnalyzer``
+count of multiply-adds for one forward; a training step counted as 3 forwards) as a share of it.
 ``time_ratio`` = ours_s / reference_s and ``memory_ratio`` = ours_mb / reference_mb (below 1:
 ours is faster / smaller; the target is <= 0.8).
 
 Run alone: ``python tools/benchmarks/upernet.py [--quick] [--profile]`` (``--profile``: a
-torch.profiler table of densevit's decode head instead).
+torch.profiler table of densevit's decode head instead; ``--tiny``: 64x64, a test of the
+harness).
 """
 from __future__ import annotations
 
-import argparse
-import gc
-import json
-import os
 import os.path as osp
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from typing import Sequence
 
 import torch
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from benchmarks._common import (REPO, argument_parser, fresh_process, interleaved,  # noqa: E402
+                                measure_peak, print_rows, write_result)
+
 CONFIG = osp.join(REPO, 'configs/upernet/upernet_swin-t_ade20k-512x512-160k.py')
 IMPLS = ('ours', 'transformers')
 CASES = ('forward', 'train')
 REPEATS = 3
 NUM_CLASSES = 150
 TRAIN_BATCH = 2  # BatchNorm in the pooled 1x1 branch needs more than one value per channel
-
-
-def peak_rss_mb(reset: bool = False) -> float:
-    """This process's peak resident memory (VmHWM) in MB; ``reset`` restarts the peak from the
-    current resident size (Linux /proc/self/clear_refs) and returns that size."""
-    if reset:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith('VmHWM:'):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError('no VmHWM in /proc/self/status')
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 3) -> float:
@@ -188,25 +177,26 @@ def reference_slide(model: torch.nn.Module, images: torch.Tensor, crop: int,
     return logits / count
 
 
-def _worker(impl: str, case: str, size: int, weights: str, out: str, *slide: int) -> None:
-    """Subprocess body: build, load, warm up, time the repetitions, write times / memory /
-    output. ``slide`` (case 'slide'): image width, crop, stride and window batch; the image is
-    ``size`` high."""
-    state = torch.load(weights, weights_only=True)
-    repeats = REPEATS
-    if case == 'slide':
-        width, crop, stride, window_batch = slide
-        model = build(impl, state, test_cfg=dict(mode='slide', crop_size=(crop, crop),
-                                                 stride=(stride, stride),
-                                                 batch_size=window_batch))
-        repeats = 2 if size > 512 else REPEATS  # a full image takes minutes on 2 cores
-    else:
-        model = build(impl, state)
-    del state
-    gc.collect()
+def _variant(name: str) -> tuple[str, int]:
+    """'ours' or 'transformers', optionally with ':WINDOW_BATCH' (slide case) -> (impl, batch)."""
+    impl, _, batch = name.partition(':')
+    if impl not in IMPLS:
+        raise ValueError(f'unknown implementation {name!r}; choose from {IMPLS} '
+                         f'(with :WINDOW_BATCH for the slide case)')
+    return impl, int(batch or 1)
+
+
+def _case(name: str, case: str, size: int, state: dict, slide: Sequence[int]):
+    """Build the variant ``name`` for ``case``; its step and its warm-up (the step itself,
+    except in the slide case: one window, as a full image takes minutes on 2 cores). ``slide``
+    (case 'slide'): image width, crop and stride; the image is ``size`` high."""
+    impl, window_batch = _variant(name)
     g = torch.Generator().manual_seed(0)
     if case == 'slide':
-        model.eval()
+        width, crop, stride = slide
+        model = build(impl, state, test_cfg=dict(mode='slide', crop_size=(crop, crop),
+                                                 stride=(stride, stride),
+                                                 batch_size=window_batch)).eval()
         images = torch.randn(1, 3, size, width, generator=g)
 
         def step():
@@ -218,63 +208,85 @@ def _worker(impl: str, case: str, size: int, weights: str, out: str, *slide: int
         def warm_up():
             with torch.no_grad():
                 forward_logits(impl, model, images[..., :crop, :crop])
-    elif case == 'forward':
+        return step, warm_up
+    model = build(impl, state)
+    if case == 'forward':
         model.eval()
         images = torch.randn(1, 3, size, size, generator=g)
 
         def step():
             with torch.no_grad():
                 return forward_logits(impl, model, images)
-    else:
+    elif case == 'train':
         model.train()
         images = torch.randn(TRAIN_BATCH, 3, size, size, generator=g)
         labels = torch.randint(0, NUM_CLASSES, (TRAIN_BATCH, size, size), generator=g)
 
         def step():
             return torch.tensor(train_step(impl, model, images, labels))
-    peak_matmul = matmul_gflops()
-    if case == 'slide':
-        warm_up()  # one window
     else:
-        step()
-    gc.collect()
-    resident_mb = peak_rss_mb(reset=True)  # measure the repetitions, not building and loading
-    times, cpu_times = [], []
-    for _ in range(repeats):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        output = step()
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
-    peak_mb = peak_rss_mb()
-    torch.save(output, out + '.pt')
-    with open(out, 'w') as f:
-        json.dump(dict(seconds=statistics.median(times), cpu_seconds=statistics.median(cpu_times),
-                       peak_mb=peak_mb, added_mb=peak_mb - resident_mb,
-                       matmul_gflops=peak_matmul), f)
+        raise ValueError(f"unknown case {case!r}; choose from {CASES + ('slide',)}")
+    return step, step
 
 
-def measure(impl: str, case: str, size: int, weights: str, tmp: str,
-            slide: tuple[int, ...] = ()) -> tuple[dict, torch.Tensor]:
-    """Run this file's ``--worker impl case size weights out *slide`` in a fresh process."""
-    out = osp.join(tmp, f'{impl}_{case}_{"_".join(map(str, slide))}.json')
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    subprocess.run([sys.executable, osp.abspath(__file__), '--worker', impl, case, str(size),
-                    weights, out, *map(str, slide)], check=True, env=env)
-    with open(out) as f:
-        result = json.load(f)
-    return result, torch.load(out + '.pt', weights_only=True)
+def _time_worker(names: str, case: str, size: int, weights: str, repeats: int, matmul_n: int,
+                 out: str, *slide: int) -> None:
+    """Worker body: the comma-separated variants built here and timed interleaved after their
+    warm-ups, between two ``matmul_n`` matmuls; each output compared with the last variant's
+    (the reference)."""
+    state = torch.load(weights, weights_only=True)
+    cases = {name: _case(name, case, size, state, slide) for name in names.split(',')}
+    del state
+    for _, warm_up in cases.values():
+        warm_up()
+    gflops = [matmul_gflops(matmul_n)]
+    timings = interleaved({name: step for name, (step, _) in cases.items()}, repeats, warmup=0)
+    gflops.append(matmul_gflops(matmul_n))
+    reference = list(timings.values())[-1].output
+    result = {}
+    for name, t in timings.items():
+        result[name] = dict(seconds=t.seconds, cpu_seconds=t.cpu_seconds,
+                            matmul_gflops=statistics.mean(gflops))
+        if case == 'train':
+            result[name]['loss'] = t.output.item()
+        else:
+            result[name]['max_rel_diff'] = ((t.output - reference).abs().max()
+                                            / reference.abs().max()).item()
+    write_result(out, result)
 
 
-def run(quick: bool = False) -> list[dict]:
-    size = 256 if quick else 512
+def _memory_worker(name: str, case: str, size: int, weights: str, out: str,
+                   *slide: int) -> None:
+    """Worker body: the memory of one step of the variant ``name``."""
+    step, _ = _case(name, case, size, torch.load(weights, weights_only=True), slide)
+    _, memory = measure_peak(step)
+    write_result(out, dict(peak_mb=memory['peak_mb'], added_mb=memory['extra_mb']))
+
+
+def measure(case: str, size: int, weights: str, names: Sequence[str],
+            slide: Sequence[int] = (), repeats: int = REPEATS,
+            matmul_n: int = 4096) -> dict[str, dict]:
+    """Time the variants ``names`` (the reference last) interleaved in one fresh process, then
+    each one's memory in a fresh process of its own. Returns name -> seconds, cpu_seconds,
+    matmul_gflops, max_rel_diff (or loss, case 'train'), peak_mb and added_mb."""
+    script = osp.abspath(__file__)
+    times = fresh_process([script, '--worker', 'time', ','.join(names), case, size, weights,
+                           repeats, matmul_n, *slide])
+    return {name: dict(times[name], **fresh_process(
+        [script, '--worker', 'memory', name, case, size, weights, *slide])) for name in names}
+
+
+def run(quick: bool = False, tiny: bool = False) -> list[dict]:
+    size = 64 if tiny else 256 if quick else 512
     flops = forward_flops(size)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         weights = osp.join(tmp, 'upernet_swin_t.pt')
         reference_weights(weights)
         for case in CASES:
-            results = {impl: measure(impl, case, size, weights, tmp) for impl in IMPLS}
-            (ours, ours_out), (ref, ref_out) = results['ours'], results['transformers']
+            results = measure(case, size, weights, IMPLS, repeats=1 if tiny else REPEATS,
+                              matmul_n=512 if tiny else 4096)
+            ours, ref = results['ours'], results['transformers']
             case_flops = flops * (1 if case == 'forward' else 3 * TRAIN_BATCH)
             row = dict(case=f'UperNet Swin-T {size}x{size} {case}'
                             + (' (no grad, batch 1)' if case == 'forward'
@@ -297,10 +309,9 @@ def run(quick: bool = False) -> list[dict]:
                            [ours['matmul_gflops'], ref['matmul_gflops']]),
                        threads=torch.get_num_threads())
             if case == 'forward':
-                row['max_rel_diff'] = ((ours_out - ref_out).abs().max()
-                                       / ref_out.abs().max()).item()
+                row['max_rel_diff'] = ours['max_rel_diff']
             else:  # drop path draws differ between the two: losses agree only roughly
-                row['loss_ours_vs_reference'] = f'{ours_out.item():.3f} / {ref_out.item():.3f}'
+                row['loss_ours_vs_reference'] = f'{ours["loss"]:.3f} / {ref["loss"]:.3f}'
             rows.append(row)
     return rows
 
@@ -321,20 +332,21 @@ def profile_head(size: int) -> None:
                                                              row_limit=20))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--quick', action='store_true', help='256x256 instead of 512x512')
+def main(argv: list[str] | None = None) -> None:
+    parser = argument_parser(__doc__, '256x256 instead of 512x512', tiny=True)
     parser.add_argument('--profile', action='store_true', help='profile the decode head only')
-    parser.add_argument('--worker', nargs='+', help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
-        impl, case, size, weights, out, *slide = args.worker
-        _worker(impl, case, int(size), weights, out, *map(int, slide))
+        kind, name, case, size, weights, *rest, out = args.worker  # out: always last
+        if kind == 'time':
+            repeats, matmul_n, *slide = map(int, rest)
+            _time_worker(name, case, int(size), weights, repeats, matmul_n, out, *slide)
+        else:
+            _memory_worker(name, case, int(size), weights, out, *map(int, rest))
     elif args.profile:
         profile_head(256 if args.quick else 512)
     else:
-        for row in run(quick=args.quick):
-            print(row)
+        print_rows(run(quick=args.quick, tiny=args.tiny))
 
 
 if __name__ == '__main__':
