@@ -220,3 +220,17 @@ def test_segmentation_sliding_window_tiny():
         assert row['ratio'] == pytest.approx(row['ours_images_per_s']
                                              / row['reference_images_per_s'])
         assert row['max_rel_diff'] < 1e-4  # the same stitched logits
+
+
+@pytest.mark.slow
+def test_checkpointing_tiny():
+    rows = _topic('checkpointing').run(tiny=True)
+    assert [row['case'] for row in rows] == [
+        'ViT-L (ViTDet) 64x64, batch 1, forward + backward']
+    row = rows[0]
+    assert _positive(row['memory_ratio'])
+    assert row['memory_ratio'] == pytest.approx(row['plain_peak_mb'] / row['with_cp_peak_mb'])
+    # ViT-L's weights and gradients (~2.4 GB) are resident in both
+    assert row['plain_peak_mb'] > 2000 and row['with_cp_peak_mb'] > 2000
+    assert _positive(row['plain_s']) and _positive(row['with_cp_s'])
+    assert row['max_abs_grad_diff'] < 1e-6  # recomputation gives the same gradients
