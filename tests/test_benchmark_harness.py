@@ -234,3 +234,16 @@ def test_checkpointing_tiny():
     assert row['plain_peak_mb'] > 2000 and row['with_cp_peak_mb'] > 2000
     assert _positive(row['plain_s']) and _positive(row['with_cp_s'])
     assert row['max_abs_grad_diff'] < 1e-6  # recomputation gives the same gradients
+
+
+@pytest.mark.slow
+def test_amp_tiny():
+    rows = _topic('amp').run(tiny=True)
+    assert [row['case'] for row in rows] == [
+        'upernet-swin-t 64x64 batch 2, training step',
+        'sam-vit-b-encoder 64x64 batch 2, training step']
+    for row in rows:
+        assert _positive(row['speedup'])
+        assert row['speedup'] == pytest.approx(row['fp32_s'] / row['bf16_s'])
+        # the same loss up to bfloat16's precision (and one AdamW step of lr 1e-5 between them)
+        assert row['bf16_loss'] == pytest.approx(row['fp32_loss'], rel=0.15)

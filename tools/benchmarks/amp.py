@@ -5,28 +5,27 @@ and auxiliary losses) and of the SAM ViT-B image encoder at 512x512
 (configs/backbones/vit-b_sam-encoder.py, a mean-square loss on its embedding); quick: 256x256.
 
 Each model runs in its own fresh process; float32 and bfloat16 steps alternate after one warm-up
-each, and the time is the median of REPEATS (wall clock and process CPU time). ``speedup`` =
+each (``interleaved`` of tools/benchmarks/_common.py), and the time is the median of REPEATS
+(wall clock and process CPU time). ``speedup`` =
 fp32_s / bf16_s, below 1 where bfloat16 is slower: a CPU without native bfloat16 matrix units
 (AMX, AVX512-BF16) converts in software. The CPU's bf16 flags are in ``cpu_bf16``.
 
-Run alone: ``python tools/benchmarks/amp.py [--quick]``.
+Run alone: ``python tools/benchmarks/amp.py [--quick]`` (``--tiny``: 64x64, one repetition, a
+test of the harness).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
-import os
 import os.path as osp
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
+from functools import partial
 
 import torch
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from benchmarks._common import (REPO, argument_parser, fresh_process, interleaved,  # noqa: E402
+                                print_rows, write_result)
+
 REPEATS = 3
 BATCH = 2
 CASES = ('upernet-swin-t', 'sam-vit-b-encoder')
@@ -77,68 +76,51 @@ def _build(case: str, size: int):
     return model, loss
 
 
-def _worker(case: str, size: int, out: str) -> None:
+def _worker(case: str, size: int, repeats: int, out: str) -> None:
     torch.manual_seed(0)
     model, loss = _build(case, size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
-    def step(bf16: bool) -> tuple[float, float, float]:
+    def step(bf16: bool) -> float:
         autocast = (torch.autocast('cpu', dtype=torch.bfloat16) if bf16
                     else contextlib.nullcontext())
-        start, cpu_start = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             value = loss()
         value.backward()
         optimizer.step()
-        return time.perf_counter() - start, time.process_time() - cpu_start, value.item()
+        return value.item()
 
-    step(False), step(True)  # warm-up
-    runs = {False: [], True: []}
-    for _ in range(REPEATS):
-        for bf16 in (False, True):
-            runs[bf16].append(step(bf16))
+    timings = interleaved({'fp32': partial(step, False), 'bf16': partial(step, True)}, repeats)
     result = {}
-    for bf16, name in ((False, 'fp32'), (True, 'bf16')):
-        result[f'{name}_s'] = statistics.median(r[0] for r in runs[bf16])
-        result[f'{name}_cpu_s'] = statistics.median(r[1] for r in runs[bf16])
-        result[f'{name}_loss'] = runs[bf16][-1][2]
-    with open(out, 'w') as f:
-        json.dump(result, f)
+    for name, timing in timings.items():
+        result.update({f'{name}_s': timing.seconds, f'{name}_cpu_s': timing.cpu_seconds,
+                       f'{name}_loss': timing.output})
+    write_result(out, result)
 
 
-def run(quick: bool = False) -> list[dict]:
-    size = 256 if quick else 512
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+def run(quick: bool = False, tiny: bool = False) -> list[dict]:
+    size = 64 if tiny else 256 if quick else 512
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for case in CASES:
-            out = osp.join(tmp, f'{case}.json')
-            subprocess.run([sys.executable, osp.abspath(__file__), '--worker', case, str(size),
-                            out], check=True, env=env)
-            with open(out) as f:
-                result = json.load(f)
-            rows.append(dict(case=f'{case} {size}x{size} batch {BATCH}, training step',
-                             fp32_s=result['fp32_s'], bf16_s=result['bf16_s'],
-                             speedup=result['fp32_s'] / result['bf16_s'],
-                             fp32_cpu_s=result['fp32_cpu_s'], bf16_cpu_s=result['bf16_cpu_s'],
-                             fp32_loss=result['fp32_loss'], bf16_loss=result['bf16_loss'],
-                             cpu_bf16=_cpu_bf16_flags(), threads=torch.get_num_threads()))
+    for case in CASES:
+        result = fresh_process([osp.abspath(__file__), '--worker', case, size,
+                                1 if tiny else REPEATS])
+        rows.append(dict(case=f'{case} {size}x{size} batch {BATCH}, training step',
+                         fp32_s=result['fp32_s'], bf16_s=result['bf16_s'],
+                         speedup=result['fp32_s'] / result['bf16_s'],
+                         fp32_cpu_s=result['fp32_cpu_s'], bf16_cpu_s=result['bf16_cpu_s'],
+                         fp32_loss=result['fp32_loss'], bf16_loss=result['bf16_loss'],
+                         cpu_bf16=_cpu_bf16_flags(), threads=torch.get_num_threads()))
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--quick', action='store_true', help='256x256 instead of 512x512')
-    parser.add_argument('--worker', nargs=3, metavar=('CASE', 'SIZE', 'OUT'),
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = argument_parser(__doc__, '256x256 instead of 512x512', tiny=True).parse_args(argv)
     if args.worker:
-        case, size, out = args.worker
-        _worker(case, int(size), out)
+        case, size, repeats, out = args.worker
+        _worker(case, int(size), int(repeats), out)
         return
-    for row in run(quick=args.quick):
-        print(row)
+    print_rows(run(quick=args.quick, tiny=args.tiny))
 
 
 if __name__ == '__main__':
