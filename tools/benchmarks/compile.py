@@ -6,27 +6,24 @@ the encoder at 512 and UperNet at 256.
 
 Each model runs in its own fresh process with inductor's caches off (``compile_s`` is a cold
 compile: Dynamo, AOTAutograd and C++ code generation, with the first compiled call). Eager and
-compiled calls then alternate, one warm-up each, and each time is the median of REPEATS (wall
-clock and process CPU time). ``speedup`` = eager_s / compiled_s; ``max_abs_diff`` is between
-the compiled and eager outputs.
+compiled calls then alternate (``interleaved`` of tools/benchmarks/_common.py), one warm-up each,
+and each time is the median of REPEATS (wall clock and process CPU time). ``speedup`` = eager_s /
+compiled_s; ``max_abs_diff`` is between the compiled and eager outputs.
 
 Run alone: ``python tools/benchmarks/compile.py [--quick]``.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import os.path as osp
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 import torch
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from benchmarks._common import (REPO, argument_parser, fresh_process, interleaved,  # noqa: E402
+                                print_rows, write_result)
+
 REPEATS = 3
 CASES = ('vit-b-sam-encoder', 'upernet-swin-t', 'dino-quickstart')
 
@@ -64,69 +61,50 @@ def _flat(output) -> list[torch.Tensor]:
     return []
 
 
-def _timed(fn, images) -> tuple[float, float, list[torch.Tensor]]:
-    start, cpu_start = time.perf_counter(), time.process_time()
-    out = _flat(fn(images))
-    return time.perf_counter() - start, time.process_time() - cpu_start, out
-
-
 def _worker(case: str, size: int, out: str) -> None:
     torch.manual_seed(0)
     model = _build(case, size)
     images = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     compiled = torch.compile(model)
-    times = {'eager': [], 'compiled': []}
     with torch.no_grad():
-        _timed(model, images)  # eager warm-up
-        compile_s, compile_cpu_s, _ = _timed(compiled, images)  # compile + first call
-        _timed(compiled, images)  # compiled warm-up
-        for _ in range(REPEATS):
-            for name, fn in (('eager', model), ('compiled', compiled)):
-                seconds, cpu_seconds, outputs = _timed(fn, images)
-                times[name].append((seconds, cpu_seconds, outputs))
-    eager_out, compiled_out = times['eager'][-1][2], times['compiled'][-1][2]
-    diff = max((a - b).abs().max().item() for a, b in zip(eager_out, compiled_out))
+        model(images)  # eager warm-up
+        start, cpu_start = time.perf_counter(), time.process_time()
+        compiled(images)  # compile + first call
+        compile_s, compile_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+        compiled(images)  # compiled warm-up
+        timings = interleaved({'eager': lambda: _flat(model(images)),
+                               'compiled': lambda: _flat(compiled(images))}, REPEATS, warmup=0)
+    diff = max((a - b).abs().max().item()
+               for a, b in zip(timings['eager'].output, timings['compiled'].output))
     result = dict(compile_s=compile_s, compile_cpu_s=compile_cpu_s, max_abs_diff=diff)
-    for name, runs in times.items():
-        result[f'{name}_s'] = statistics.median(r[0] for r in runs)
-        result[f'{name}_cpu_s'] = statistics.median(r[1] for r in runs)
-    with open(out, 'w') as f:
-        json.dump(result, f)
+    for name, timing in timings.items():
+        result[f'{name}_s'] = timing.seconds
+        result[f'{name}_cpu_s'] = timing.cpu_seconds
+    write_result(out, result)
 
 
 def run(quick: bool = False) -> list[dict]:
     rows = []
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''),
-               TORCHINDUCTOR_FORCE_DISABLE_CACHES='1')
-    with tempfile.TemporaryDirectory() as tmp:
-        for case, size in _sizes(quick).items():
-            out = osp.join(tmp, f'{case}.json')
-            subprocess.run([sys.executable, osp.abspath(__file__), '--worker', case, str(size),
-                            out], check=True, env=env)
-            with open(out) as f:
-                result = json.load(f)
-            rows.append(dict(case=f'{case} {size}x{size}', eager_s=result['eager_s'],
-                             compiled_s=result['compiled_s'],
-                             speedup=result['eager_s'] / result['compiled_s'],
-                             eager_cpu_s=result['eager_cpu_s'],
-                             compiled_cpu_s=result['compiled_cpu_s'],
-                             compile_s=result['compile_s'], max_abs_diff=result['max_abs_diff'],
-                             threads=torch.get_num_threads()))
+    for case, size in _sizes(quick).items():
+        result = fresh_process([osp.abspath(__file__), '--worker', case, size],
+                               env=dict(TORCHINDUCTOR_FORCE_DISABLE_CACHES='1'))
+        rows.append(dict(case=f'{case} {size}x{size}', eager_s=result['eager_s'],
+                         compiled_s=result['compiled_s'],
+                         speedup=result['eager_s'] / result['compiled_s'],
+                         eager_cpu_s=result['eager_cpu_s'],
+                         compiled_cpu_s=result['compiled_cpu_s'],
+                         compile_s=result['compile_s'], max_abs_diff=result['max_abs_diff'],
+                         threads=torch.get_num_threads()))
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--quick', action='store_true', help='smaller inputs')
-    parser.add_argument('--worker', nargs=3, metavar=('CASE', 'SIZE', 'OUT'),
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = argument_parser(__doc__, 'smaller inputs').parse_args(argv)
     if args.worker:
         case, size, out = args.worker
         _worker(case, int(size), out)
         return
-    for row in run(quick=args.quick):
-        print(row)
+    print_rows(run(quick=args.quick))
 
 
 if __name__ == '__main__':
