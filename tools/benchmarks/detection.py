@@ -4,7 +4,8 @@
    SetCriterion of one decoder layer (matching plus losses, forward and forward + backward) on a
    batch of 8 images x 900 queries x 50 targets, 80 classes, float32; with masks too: stride-4
    mask logits of a 256 x 256 input (64 x 64) and the 12544 sampled points of Mask DINO.
-   Time is the median of REPEATS runs after one warm-up, wall clock and process CPU time
+   Time is the median of the runs after one warm-up (``interleaved`` of
+   tools/benchmarks/_common.py), wall clock and process CPU time
    (which a shared machine disturbs less); the matcher's time includes ``linear_sum_assignment``
    on the CPU.
 2. The quickstart DINO (configs/quickstart/dino_vit-tiny_coco.py, what ``make demo`` runs with
@@ -17,13 +18,15 @@ from __future__ import annotations
 
 import argparse
 import os.path as osp
-import statistics
-import time
+import sys
 
 import torch
 
 import densevit.models  # noqa: F401  (registers modules)
 from densevit.registry import MODELS
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from benchmarks._common import interleaved  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 QUICKSTART = osp.join(ROOT, 'configs/quickstart/dino_vit-tiny_coco.py')
@@ -57,14 +60,8 @@ def _problem(with_masks: bool, seed: int = 0) -> tuple[dict, list[dict]]:
 
 def _time(fn, repeats: int) -> tuple[float, float]:
     """Median wall and CPU milliseconds of ``fn()`` over ``repeats`` runs after one warm-up."""
-    fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - w0)
-        cpu.append(time.process_time() - c0)
-    return 1e3 * statistics.median(wall), 1e3 * statistics.median(cpu)
+    timing = interleaved({'fn': fn}, repeats)['fn']
+    return 1e3 * timing.seconds, 1e3 * timing.cpu_seconds
 
 
 def set_losses(quick: bool) -> list[dict]:
