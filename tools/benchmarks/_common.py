@@ -165,16 +165,19 @@ def fresh_process(args: Sequence[str], env: dict | None = None) -> dict:
 
 # ------------------------------------------------------------------ command line
 
-def argument_parser(doc: str, quick_help: str, tiny: bool = False) -> argparse.ArgumentParser:
-    """A topic's command line: ``--quick``, the hidden ``--worker ARG ... OUT`` of its fresh
-    processes and, with ``tiny``, ``--tiny`` (the smallest sizes, for the harness's tests)."""
+def argument_parser(doc: str, quick_help: str, tiny: bool = False,
+                    worker: bool = True) -> argparse.ArgumentParser:
+    """A topic's command line: ``--quick``, with ``worker`` the hidden ``--worker ARG ... OUT``
+    of its fresh processes and with ``tiny`` ``--tiny`` (the smallest sizes, for the harness's
+    tests)."""
     parser = argparse.ArgumentParser(description=doc.split('\n')[0])
     parser.add_argument('--quick', action='store_true', help=quick_help)
     if tiny:
         parser.add_argument('--tiny', action='store_true',
                             help='the smallest sizes and fewest repetitions (a test of the '
                                  'harness, not a measurement)')
-    parser.add_argument('--worker', nargs='+', help=argparse.SUPPRESS)
+    if worker:
+        parser.add_argument('--worker', nargs='+', help=argparse.SUPPRESS)
     return parser
 
 

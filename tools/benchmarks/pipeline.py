@@ -17,12 +17,14 @@ Run alone: ``python tools/benchmarks/pipeline.py [--quick]``.
 """
 from __future__ import annotations
 
-import argparse
 import os.path as osp
-import statistics
+import sys
 import time
 
 import torch
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from benchmarks._common import argument_parser, interleaved, print_rows  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SYNTHETIC = osp.join(REPO, 'data/synthetic')
@@ -98,12 +100,9 @@ def step_images_per_s(config: str, data_root: str, steps: int) -> tuple[float, i
     model.init_weights()
     model.train()
     optim = build_optim_wrapper(model, cfg.optim_wrapper)
-    times = []
-    for batch in batches:
-        start = time.perf_counter()
-        model.train_step(batch, optim)
-        times.append(time.perf_counter() - start)
-    return len(batches[0]['inputs']) / statistics.median(times[1:]), len(batches[0]['inputs'])
+    feed = iter(batches)  # the first batch warms up, the others are timed
+    timing = interleaved({'step': lambda: model.train_step(next(feed), optim)}, steps)['step']
+    return len(batches[0]['inputs']) / timing.seconds, len(batches[0]['inputs'])
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -126,12 +125,9 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--quick', action='store_true', help='fewer batches and steps')
-    args = parser.parse_args()
-    for row in run(quick=args.quick):
-        print(row)
+def main(argv: list[str] | None = None) -> None:
+    args = argument_parser(__doc__, 'fewer batches and steps', worker=False).parse_args(argv)
+    print_rows(run(quick=args.quick))
 
 
 if __name__ == '__main__':
