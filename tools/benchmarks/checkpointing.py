@@ -3,12 +3,13 @@ windows, global blocks 5, 11, 17, 23, relative position bias) at 512x512 and 102
 one forward + backward, with and without ``with_cp`` (quick: 512x512 only). A case whose process
 is killed (out of memory) is reported as such.
 
-Each case runs in its own fresh process (tools/benchmarks/_common.py): peak memory is the
-process's peak resident size (VmHWM) during the step, reset after building the model, so it is the activations and gradients
-the step adds on top of the weights; time is the step's wall clock and process CPU time (one step
-after a warm-up step at full size is too long on a small CPU, so the first step is timed; with
-``with_cp`` every block runs its forward twice). The gradients of both cases are compared
-(``max_abs_grad_diff``: checkpointing must not change them). ``memory_ratio`` = plain / with_cp.
+Each case runs in its own fresh process (tools/benchmarks/_common.py): peak memory is the process's
+peak resident size (VmHWM) during the step, reset after building the model, so it is the
+activations and gradients the step adds on top of the weights; time is the step's wall clock and
+process CPU time (one step after a warm-up step at full size is too long on a small CPU, so the
+first step is timed; with ``with_cp`` every block runs its forward twice). The gradients of both
+cases are compared (``max_abs_grad_diff``: checkpointing must not change them). ``memory_ratio`` =
+plain / with_cp.
 
 Run alone: ``python tools/benchmarks/checkpointing.py [--quick]`` (``--tiny``: 64x64, a test of
 the harness).
