@@ -6,7 +6,8 @@ natten >= 0.20 runs on CPU through FlexAttention without compilation (forward on
 is refused on CPU), so it is measured for the forward only; at 128x128 it takes ~47 s and ~14 GB
 and is skipped in quick mode. Window attention (non-overlapping 7x7 windows, the map zero-padded
 to a multiple of 7, one SDPA call) is the cheapest local attention and the speed target; it does
-not depend on the dilation, so it is measured once per size and mode.
+not depend on the dilation, so its memory is measured once per size and mode (its time with each
+dilation's case, interleaved with ours).
 
 For each (size, dilation, mode) one worker process builds the inputs once and times ours, the
 windows and natten interleaved (tools/benchmarks/_common.py): the median of REPEATS runs of each
