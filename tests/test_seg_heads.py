@@ -12,7 +12,7 @@ from torch import nn
 
 from densevit.models.contract import FeatureSpec
 from densevit.models.losses import (CrossEntropyLoss, DiceLoss, OHEMPixelSampler, SegCriterion,
-                                    accuracy)
+                                    accuracy, upsampled_cross_entropy)
 from densevit.registry import MODELS
 from densevit.structures import DataSample, PixelData
 
@@ -185,6 +185,76 @@ def test_criterion_resizes_to_gt_and_prefixes_nothing():
     valid = gt != 255
     assert out['acc_seg'].item() == pytest.approx(
         100.0 * float(((up.argmax(1) == gt) & valid).sum()) / float(valid.sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize('in_size,out_size,align_corners', [
+    ((7, 9), (23, 31), False), ((7, 9), (23, 31), True), ((10, 6), (7, 5), False),
+    ((8, 8), (8, 8), False)])
+@pytest.mark.parametrize('chunk', [1, 50, 1 << 20])
+def test_upsampled_cross_entropy_equals_torch_resize_then_cross_entropy(in_size, out_size,
+                                                                         align_corners, chunk):
+    """Loss, gradient and argmax equal torch's own F.interpolate + F.cross_entropy (float64),
+    upsampling and downsampling, with class weights and ignored pixels, whatever the chunk."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, *in_size, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 5, (2, *out_size))
+    target[0, 0] = 255
+    target[1, :, -1] = 255
+    class_weight = torch.rand(5, dtype=torch.float64) + 0.5
+    upstream = torch.randn(2, *out_size, dtype=torch.float64)
+    resized = F.interpolate(logits, out_size, mode='bilinear', align_corners=align_corners)
+    expected = F.cross_entropy(resized, target, weight=class_weight, ignore_index=255,
+                               reduction='none')
+    expected_grad, = torch.autograd.grad((expected * upstream).sum(), logits)
+    loss, pred = upsampled_cross_entropy(logits, target, class_weight, 255, align_corners,
+                                         chunk=chunk)
+    grad, = torch.autograd.grad((loss * upstream).sum(), logits)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-12)
+    assert torch.equal(pred, resized.argmax(1))
+    assert (loss[target == 255] == 0).all()
+
+
+def test_criterion_keeps_no_resized_logits_for_backward():
+    """With cross-entropies only, what the graph saves for backward is the low-resolution logits
+    and per-pixel values, never a (B, K, H, W) resized tensor; the values equal the resize +
+    cross-entropy that torch's autograd chain computes (which does save such tensors)."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 8, 8, requires_grad=True)
+    gt = torch.randint(0, 6, (2, 32, 32))
+    gt[:, :3] = 255
+    resized_numel = 2 * 6 * 32 * 32
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    crit = SegCriterion(loss_decode=[dict(type='CrossEntropyLoss'),
+                                     dict(type='CrossEntropyLoss', loss_weight=0.4,
+                                          class_weight=[1.0, 2.0, 1.0, 0.5, 1.0, 1.0])])
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = crit(logits, _samples(gt))
+    assert saved and max(saved) < resized_numel / 4, saved
+    grad, = torch.autograd.grad(out['loss_ce'], logits)
+
+    reference = logits.detach().clone().requires_grad_()
+    up = F.interpolate(reference, size=(32, 32), mode='bilinear', align_corners=False)
+    valid = (gt != 255).sum()
+    plain = F.cross_entropy(up, gt, ignore_index=255, reduction='sum') / valid
+    weighted = F.cross_entropy(up, gt, ignore_index=255, reduction='none',
+                               weight=torch.tensor([1.0, 2.0, 1.0, 0.5, 1.0, 1.0])).sum() / valid
+    expected = plain + 0.4 * weighted
+    expected_grad, = torch.autograd.grad(expected, reference)
+    assert out['loss_ce'].item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-7)
+    assert out['acc_seg'].item() == pytest.approx(accuracy(up.detach(), gt).item(), rel=1e-6)
+    # a sampler needs the resized logits: that path still saves them
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        SegCriterion(loss_decode=dict(type='CrossEntropyLoss'),
+                     sampler=dict(type='OHEMPixelSampler', min_kept=10))(logits, _samples(gt))
+    assert max(saved) >= resized_numel
 
 
 def test_accuracy_and_dice_by_hand():

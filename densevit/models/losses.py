@@ -17,7 +17,128 @@ from torch import nn
 from ..registry import MODELS
 
 __all__ = ['CrossEntropyLoss', 'DiceLoss', 'OHEMPixelSampler', 'SegCriterion', 'accuracy',
-           'stack_gt_sem_seg']
+           'pixel_accuracy', 'pixel_cross_entropy', 'stack_gt_sem_seg',
+           'upsampled_cross_entropy']
+
+
+def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
+                        class_weight: torch.Tensor | None = None,
+                        ignore_index: int = 255) -> torch.Tensor:
+    """Per-pixel softmax cross-entropy (B, H, W) of (B, K, H, W) logits, 0 at ``ignore_index``.
+
+    Channels-last logits (as ``SegCriterion`` makes them) go through cross_entropy as a
+    (B*H*W, K) matrix, a free view whose class axis is contiguous: softmax and its backward then
+    run along rows instead of striding H*W floats between classes (1.4x faster for the
+    quickstart's 150-class 128x128 loss, forward and backward; same values).
+    """
+    b, k, h, w = logits.shape
+    if logits.is_contiguous(memory_format=torch.channels_last) and k > 1:
+        # (B, K, H, W) channels-last -> (B, H, W, K) contiguous -> (B*H*W, K)
+        rows = logits.permute(0, 2, 3, 1).reshape(b * h * w, k)
+        return F.cross_entropy(rows, target.reshape(-1), weight=class_weight,
+                               ignore_index=ignore_index, reduction='none').view(b, h, w)
+    return F.cross_entropy(logits, target, weight=class_weight, ignore_index=ignore_index,
+                           reduction='none')
+
+
+class _UpsampledCrossEntropy(torch.autograd.Function):
+    """Per-pixel cross-entropy of bilinearly resized logits that keeps one resized copy at a time.
+
+    Autograd's chain (resize, log-softmax, NLL) keeps the resized logits and their log-softmax
+    for the backward pass and then builds two gradients of the same size: at 150 classes each is
+    315 MB for two 512x512 images, most of what a UperNet training step allocates. Here the
+    forward keeps only the low-resolution logits and each pixel's log-sum-exp; the backward
+    resizes again and turns that one buffer into the gradient in place (softmax minus one-hot,
+    times the pixel's weight) before resizing it back. torch has no fused resize +
+    cross-entropy; under torch.compile inductor fuses them itself and SegCriterion takes the
+    plain path.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target, class_weight, ignore_index, align_corners, chunk):
+        resized = _resize_rows(logits, target.shape[-2:], align_corners)  # (B*H*W, K)
+        labels, valid = _safe_labels(target, ignore_index)
+        lse = torch.empty(labels.shape, dtype=resized.dtype, device=resized.device)
+        pred = torch.empty(labels.shape, dtype=torch.long, device=resized.device)
+        for start in range(0, resized.shape[0], chunk):  # bounded temporaries
+            rows = resized[start:start + chunk]
+            lse[start:start + chunk] = torch.logsumexp(rows, dim=-1)
+            pred[start:start + chunk] = rows.argmax(-1)
+        loss = lse - resized.gather(-1, labels[:, None])[:, 0]
+        if class_weight is not None:
+            loss = loss * class_weight[labels]
+        loss = loss * valid
+        ctx.save_for_backward(logits.detach(), target, class_weight, lse)
+        ctx.meta = (ignore_index, align_corners)
+        ctx.mark_non_differentiable(pred)
+        return loss.view(target.shape), pred.view(target.shape)
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_pred):
+        logits, target, class_weight, lse = ctx.saved_tensors
+        ignore_index, align_corners = ctx.meta
+        b, _, out_h, out_w = (target.shape[0], None, *target.shape[-2:])
+        with torch.enable_grad():
+            # contiguous (B, K, H, W) here: the elementwise steps below do not care, and the
+            # resize's backward would copy a channels-last gradient to this layout first
+            source = logits.requires_grad_()
+            resized = F.interpolate(source, size=(out_h, out_w), mode='bilinear',
+                                    align_corners=align_corners)
+        labels, valid = _safe_labels(target, ignore_index)
+        scale = grad_loss.reshape(-1) * valid
+        if class_weight is not None:
+            scale = scale * class_weight[labels]
+        # d(lse - picked) / d resized = softmax - one-hot, written over the resized logits (the
+        # resize's backward does not read its output)
+        grad = resized.detach()
+        per_pixel = (b, 1, out_h, out_w)
+        grad.sub_(lse.view(per_pixel)).exp_()
+        grad.scatter_add_(1, labels.view(per_pixel), grad.new_full(per_pixel, -1.0))
+        grad.mul_(scale.view(per_pixel))
+        return torch.autograd.grad(resized, source, grad)[0], None, None, None, None, None
+
+
+def _resize_rows(logits: torch.Tensor, size, align_corners: bool) -> torch.Tensor:
+    """(B, K, h, w) logits resized bilinearly to ``size`` as a (B*H*W, K) matrix: channels-last,
+    so the matrix is a free view and each pixel's classes are contiguous."""
+    b, k = logits.shape[:2]
+    resized = F.interpolate(logits.contiguous(memory_format=torch.channels_last), size=size,
+                            mode='bilinear', align_corners=align_corners)
+    return resized.permute(0, 2, 3, 1).reshape(-1, k)
+
+
+def _safe_labels(target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat labels with ignored pixels at class 0, and the flat float mask of valid pixels."""
+    flat = target.reshape(-1)
+    valid = flat != ignore_index
+    return torch.where(valid, flat, torch.zeros_like(flat)), valid.to(torch.float32)
+
+
+def upsampled_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
+                            class_weight: torch.Tensor | None = None, ignore_index: int = 255,
+                            align_corners: bool = False, chunk: int = 1 << 14
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``F.cross_entropy(F.interpolate(logits, target's size, mode='bilinear'), target,
+    class_weight, ignore_index=..., reduction='none')`` and its gradient, holding one resized
+    copy of the logits instead of four (see _UpsampledCrossEntropy).
+
+    Args:
+        logits: (B, K, h, w) logits.
+        target: (B, H, W) long labels.
+        class_weight: (K,) class weights, or None.
+        ignore_index: label whose pixels get loss 0.
+        align_corners: as in F.interpolate.
+        chunk: pixels per step of the log-sum-exp (bounds its temporaries).
+
+    Returns:
+        (B, H, W) per-pixel losses, and the (B, H, W) argmax class of the resized logits (for
+        the pixel accuracy).
+    """
+    if class_weight is not None and class_weight.numel() != logits.shape[1]:
+        raise ValueError(f'class_weight has {class_weight.numel()} entries, the logits have '
+                         f'{logits.shape[1]} classes')
+    return _UpsampledCrossEntropy.apply(logits, target, class_weight, ignore_index,
+                                        align_corners, chunk)
 
 
 @MODELS.register_module()
@@ -52,8 +173,13 @@ class CrossEntropyLoss(nn.Module):
         if self.class_weight is not None and self.class_weight.numel() != logits.shape[1]:
             raise ValueError(f'class_weight has {self.class_weight.numel()} entries, the logits '
                              f'have {logits.shape[1]} classes')
-        per_pixel = F.cross_entropy(logits.float(), target, weight=self.class_weight,
-                                    ignore_index=self.ignore_index, reduction='none')  # (B, H, W)
+        per_pixel = pixel_cross_entropy(logits.float(), target, self.class_weight,
+                                        self.ignore_index)  # (B, H, W)
+        return self.reduce(per_pixel, target, weight)
+
+    def reduce(self, per_pixel: torch.Tensor, target: torch.Tensor,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss from (B, H, W) per-pixel cross-entropies (pixel weights, averaging)."""
         valid = (target != self.ignore_index).float()
         if weight is not None:
             per_pixel = per_pixel * weight
@@ -101,8 +227,14 @@ class DiceLoss(nn.Module):
 
 def accuracy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
     """Percentage of non-ignored pixels whose argmax class equals the target (0 if none)."""
+    return pixel_accuracy(logits.argmax(dim=1), target, ignore_index)
+
+
+def pixel_accuracy(pred: torch.Tensor, target: torch.Tensor, ignore_index: int = 255
+                   ) -> torch.Tensor:
+    """Percentage of non-ignored pixels whose predicted class equals the target (0 if none)."""
     valid = target != ignore_index
-    correct = (logits.argmax(dim=1) == target) & valid
+    correct = (pred == target) & valid
     return correct.sum().float() * 100.0 / valid.sum().clamp(min=1).float()
 
 
@@ -146,7 +278,7 @@ class OHEMPixelSampler(nn.Module):
             threshold = max(float(kth), self.thresh)
             weight[valid & (prob <= threshold)] = 1.0
         else:
-            loss = F.cross_entropy(logits.float(), safe_target, reduction='none')
+            loss = pixel_cross_entropy(logits.float(), safe_target)
             loss[~valid] = -1.0
             # (B, H, W) -> (B*H*W,)
             idx = loss.flatten().topk(keep).indices
@@ -192,10 +324,32 @@ class SegCriterion(nn.Module):
             sampler, default_args=dict(ignore_index=ignore_index))
         self.ignore_index = ignore_index
         self.align_corners = align_corners
+        # cross-entropies alone need no resized logits (upsampled_cross_entropy); a sampler or
+        # another loss reads them whole
+        self._fused = self.sampler is None and all(
+            type(loss) is CrossEntropyLoss for loss in self.losses)
+
+    def _fused_forward(self, logits: torch.Tensor, target: torch.Tensor
+                       ) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for loss in self.losses:
+            class_weight = None if loss.class_weight is None else loss.class_weight.to(
+                logits.device)
+            per_pixel, pred = upsampled_cross_entropy(
+                logits.float(), target, class_weight, loss.ignore_index, self.align_corners)
+            value = loss.reduce(per_pixel, target)
+            out[loss.loss_name] = out[loss.loss_name] + value if loss.loss_name in out else value
+        out['acc_seg'] = pixel_accuracy(pred, target, self.ignore_index)
+        return out
 
     def forward(self, logits: torch.Tensor, data_samples: Sequence) -> dict[str, torch.Tensor]:
         target = stack_gt_sem_seg(data_samples).to(logits.device)
-        logits = F.interpolate(logits, size=target.shape[-2:], mode='bilinear',
+        if self._fused and not torch.compiler.is_compiling():
+            return self._fused_forward(logits, target)
+        # channels-last, so that the per-pixel softmax of the losses and the accuracy's argmax
+        # run along contiguous classes (see pixel_cross_entropy); the values are unchanged
+        logits = F.interpolate(logits.contiguous(memory_format=torch.channels_last),
+                               size=target.shape[-2:], mode='bilinear',
                                align_corners=self.align_corners)
         weight = None if self.sampler is None else self.sampler(logits, target)
         out: dict[str, torch.Tensor] = {}
