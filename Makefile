@@ -10,7 +10,7 @@ DET_CONFIG ?= configs/quickstart/dino_vit-tiny_coco.py
 DET_DIR := work_dirs/demo-dino
 RECOLORED := $(DATA)/recolored/ade20k/ADEChallengeData2016
 
-.PHONY: venv data demo test test-fast benchmark clean
+.PHONY: venv data demo test test-fast test-benchmarks benchmark clean
 
 venv: $(STAMP)
 
@@ -53,6 +53,10 @@ demo: venv data
 
 test: venv data
 	$(PY) -m pytest -q -n 2 --durations=15
+
+# The costlier benchmark topics at tiny size (the rest run in make test).
+test-benchmarks: venv
+	$(PY) -m pytest -q -m benchmark_topic tests/test_benchmark_harness.py
 
 test-fast: venv
 	$(PY) -m pytest -q -m 'not slow'

@@ -143,6 +143,7 @@ def test_msda_tiny():
 
 
 @pytest.mark.slow
+@pytest.mark.benchmark_topic
 def test_sam_tiny():
     pytest.importorskip('segment_anything')
     rows = _topic('sam').run(tiny=True)
@@ -157,6 +158,7 @@ def test_sam_tiny():
 
 
 @pytest.mark.slow
+@pytest.mark.benchmark_topic
 def test_na2d_tiny():
     rows = _topic('na2d').run(tiny=True)
     references = ['sdpa 7x7 windows'] * 4
@@ -174,6 +176,7 @@ def test_na2d_tiny():
 
 
 @pytest.mark.slow
+@pytest.mark.benchmark_topic
 def test_scaling_tiny():
     pytest.importorskip('timm')
     rows = _topic('scaling').run(tiny=True)
@@ -210,6 +213,7 @@ def test_upernet_tiny():
 
 
 @pytest.mark.slow
+@pytest.mark.benchmark_topic
 def test_segmentation_sliding_window_tiny():
     pytest.importorskip('transformers')
     rows = _topic('segmentation').sliding_window(quick=False, tiny=True)
