@@ -129,6 +129,21 @@ def measure_peak(step: Callable[[], object]) -> tuple[object, dict[str, float]]:
 
 # ------------------------------------------------------------------ fresh processes
 
+def op_step(op: Callable, inputs: Sequence, grad, backward: bool):
+    """One call of ``op(*inputs)``: without gradients, or forward + backward of ``grad`` into
+    the inputs (their old gradients cleared first). Returns the (detached) output."""
+    import torch
+
+    if not backward:
+        with torch.no_grad():
+            return op(*inputs)
+    for t in inputs:
+        t.grad = None
+    result = op(*inputs)
+    result.backward(grad)
+    return result.detach()
+
+
 def write_result(out: str, result: dict, tensors: dict | None = None) -> None:
     """Worker side: write ``result`` (JSON values) to ``out`` and ``tensors`` (a dict of
     tensors, or of lists of them) to ``out + '.pt'``; ``fresh_process`` reads both back."""

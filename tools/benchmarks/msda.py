@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from benchmarks._common import (argument_parser, fresh_process, interleaved,  # noqa: E402
-                                measure_peak, print_rows, write_result)
+                                measure_peak, op_step, print_rows, write_result)
 
 BATCH, HEADS, HEAD_DIM, POINTS = 2, 8, 32, 4
 SHAPES = ((128, 128), (64, 64), (32, 32), (16, 16))
@@ -83,17 +83,8 @@ def _worker(impl: str, case: str, mode: str, threads: int, repeats: int, out: st
     inputs = [t.requires_grad_(backward) for t in (value, loc, weights)]
     grad = torch.randn(BATCH, queries, HEADS * HEAD_DIM, generator=gen)
 
-    def step() -> torch.Tensor:
-        if not backward:
-            with torch.no_grad():
-                return op(*inputs)
-        for t in inputs:
-            t.grad = None
-        result = op(*inputs)
-        result.backward(grad)
-        return result.detach()
-
-    timings, memory = measure_peak(lambda: interleaved({impl: step}, repeats))
+    timings, memory = measure_peak(lambda: interleaved(
+        {impl: lambda: op_step(op, inputs, grad, backward)}, repeats))
     timing = timings[impl]
     write_result(out, dict(times=timing.wall, cpu_times=timing.cpu, peak_mb=memory['peak_mb'],
                            extra_mb=memory['extra_mb']),

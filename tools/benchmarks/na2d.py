@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from benchmarks._common import (argument_parser, fresh_process, interleaved,  # noqa: E402
-                                measure_peak, print_rows, write_result)
+                                measure_peak, op_step, print_rows, write_result)
 
 KERNEL, HEADS, HEAD_DIM = 7, 4, 32
 SIZES, DILATIONS, MODES = (56, 128), (1, 4), ('fwd', 'fwd+bwd')
@@ -82,24 +82,12 @@ def _inputs(size: int, backward: bool) -> tuple[list[torch.Tensor], torch.Tensor
     return qkv, torch.randn(qkv[0].shape, generator=gen)
 
 
-def _step(op, qkv: list[torch.Tensor], grad: torch.Tensor, backward: bool) -> torch.Tensor:
-    """One forward (no grad), or forward + backward; the output."""
-    if not backward:
-        with torch.no_grad():
-            return op(*qkv)
-    for t in qkv:
-        t.grad = None
-    result = op(*qkv)
-    result.backward(grad)
-    return result.detach()
-
-
 def _time_worker(impls: str, size: int, dilation: int, mode: str, repeats: int,
                  out: str) -> None:
     """Worker body: the comma-separated ``impls`` on the same inputs, timed interleaved."""
     backward = mode == 'fwd+bwd'
     qkv, grad = _inputs(size, backward)
-    timings = interleaved({impl: partial(_step, _op(impl, dilation), qkv, grad, backward)
+    timings = interleaved({impl: partial(op_step, _op(impl, dilation), qkv, grad, backward)
                            for impl in impls.split(',')}, repeats)
     result = {impl: dict(seconds=t.seconds, cpu_seconds=t.cpu_seconds)
               for impl, t in timings.items()}
@@ -118,7 +106,7 @@ def _memory_worker(impl: str, size: int, dilation: int, mode: str, out: str) -> 
 
     def step():
         start, cpu_start = time.perf_counter(), time.process_time()
-        _step(op, qkv, grad, backward)
+        op_step(op, qkv, grad, backward)
         times.update(seconds=time.perf_counter() - start,
                      cpu_seconds=time.process_time() - cpu_start)
 
