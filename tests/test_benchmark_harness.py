@@ -251,3 +251,15 @@ def test_amp_tiny():
         assert row['speedup'] == pytest.approx(row['fp32_s'] / row['bf16_s'])
         # the same loss up to bfloat16's precision (and one AdamW step of lr 1e-5 between them)
         assert row['bf16_loss'] == pytest.approx(row['fp32_loss'], rel=0.15)
+
+
+@pytest.mark.slow
+def test_seg_loss_tiny():
+    rows = _topic('seg_loss').run(tiny=True)
+    assert [row['case'] for row in rows] == [
+        '150-class loss, (2, 150, 8, 8) to 32x32, forward + backward']
+    row = rows[0]
+    assert _positive(row['ours_s']) and _positive(row['reference_s'])
+    assert row['time_ratio'] == pytest.approx(row['ours_s'] / row['reference_s'])
+    # densevit's criterion and torch's resize + cross_entropy give the same loss and gradient
+    assert row['loss_diff'] < 1e-5 and row['max_abs_grad_diff'] < 1e-7

@@ -21,8 +21,8 @@ from densevit.progress import Progress
 
 from ._repo import repo_file
 
-TOPICS = ('vit', 'na2d', 'segmentation', 'msda', 'detection', 'sam', 'upernet', 'scaling',
-          'pipeline', 'compile', 'checkpointing', 'amp')
+TOPICS = ('vit', 'na2d', 'segmentation', 'msda', 'detection', 'sam', 'upernet', 'seg_loss',
+          'scaling', 'pipeline', 'compile', 'checkpointing', 'amp')
 
 
 def _fmt(value) -> str:
