@@ -6,7 +6,8 @@
 # Reaches val mIoU 45.5 on the stand-in (24 epochs, 600 iterations; 35.6 after 12; the previous
 # ViT-tiny recipe reaches 12.4 on the same data); the same images with every colour redrawn score
 # 44.7. Within this budget it learns the stuff classes (textures and places) and begins on the
-# outlines of the thing classes (person 26.9 IoU; bed, chair and car still 0).
+# outlines of the thing classes (person 26.9 IoU; bed, chair and car still 0). Training takes
+# 4.7 min in `make demo` on 2 quiet cores (0.47 s per iteration of 8 images).
 # No auxiliary head: at 150 classes the loss on full-resolution logits costs as much as the
 # model, and the CPU budget is better spent on epochs.
 _base_ = [
