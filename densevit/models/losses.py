@@ -32,7 +32,7 @@ def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
     quickstart's 150-class 128x128 loss, forward and backward; same values).
     """
     b, k, h, w = logits.shape
-    if logits.is_contiguous(memory_format=torch.channels_last) and k > 1:
+    if logits.is_contiguous(memory_format=torch.channels_last):
         # (B, K, H, W) channels-last -> (B, H, W, K) contiguous -> (B*H*W, K)
         rows = logits.permute(0, 2, 3, 1).reshape(b * h * w, k)
         return F.cross_entropy(rows, target.reshape(-1), weight=class_weight,
@@ -68,23 +68,21 @@ class _UpsampledCrossEntropy(torch.autograd.Function):
         if class_weight is not None:
             loss = loss * class_weight[labels]
         loss = loss * valid
-        ctx.save_for_backward(logits.detach(), target, class_weight, lse)
-        ctx.meta = (ignore_index, align_corners)
+        ctx.save_for_backward(logits.detach(), labels, valid, class_weight, lse)
+        ctx.align_corners = align_corners
         ctx.mark_non_differentiable(pred)
         return loss.view(target.shape), pred.view(target.shape)
 
     @staticmethod
     def backward(ctx, grad_loss, grad_pred):
-        logits, target, class_weight, lse = ctx.saved_tensors
-        ignore_index, align_corners = ctx.meta
-        b, _, out_h, out_w = (target.shape[0], None, *target.shape[-2:])
+        logits, labels, valid, class_weight, lse = ctx.saved_tensors
+        b, out_h, out_w = grad_loss.shape
         with torch.enable_grad():
             # contiguous (B, K, H, W) here: the elementwise steps below do not care, and the
             # resize's backward would copy a channels-last gradient to this layout first
             source = logits.requires_grad_()
             resized = F.interpolate(source, size=(out_h, out_w), mode='bilinear',
-                                    align_corners=align_corners)
-        labels, valid = _safe_labels(target, ignore_index)
+                                    align_corners=ctx.align_corners)
         scale = grad_loss.reshape(-1) * valid
         if class_weight is not None:
             scale = scale * class_weight[labels]
@@ -333,10 +331,8 @@ class SegCriterion(nn.Module):
                        ) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for loss in self.losses:
-            class_weight = None if loss.class_weight is None else loss.class_weight.to(
-                logits.device)
             per_pixel, pred = upsampled_cross_entropy(
-                logits.float(), target, class_weight, loss.ignore_index, self.align_corners)
+                logits.float(), target, loss.class_weight, loss.ignore_index, self.align_corners)
             value = loss.reduce(per_pixel, target)
             out[loss.loss_name] = out[loss.loss_name] + value if loss.loss_name in out else value
         out['acc_seg'] = pixel_accuracy(pred, target, self.ignore_index)

@@ -7,7 +7,7 @@ Call graph (mmengine calls ``forward`` with mode 'loss', 'predict' or 'tensor'):
       ├─ extract_feat(inputs)                   backbone -> neck: {'s8': (B, C, H/8, W/8), ...}
       ├─ padding_mask(data_samples, (Hp, Wp))   (B, Hp, Wp) bool, True outside img_shape
       ├─ head.loss(features, padding_mask, targets) -> {'loss_cls': ..., 'd0.loss_giou': ...}
-      └─ check_finite_losses(losses, ...)     FloatingPointError before any optimizer step
+      └─ check_finite_losses(losses, ...)       FloatingPointError before any optimizer step
     predict(inputs, data_samples)
       ├─ extract_feat, padding_mask
       ├─ head.predict(features, padding_mask) -> P: logits, boxes[, masks]
@@ -150,8 +150,8 @@ class Detector(BaseModel):
                     target['masks'] = pad_masks(gt.masks.bool(), size)
                 elif len(labels):
                     raise ValueError(f'head {type(self.head).__name__} predicts masks but image '
-                                     f'{describe_sample(sample)} has no gt_instances.masks; load them '
-                                     'with LoadAnnotations(with_mask=True)')
+                                     f'{describe_sample(sample)} has no gt_instances.masks; load '
+                                     'them with LoadAnnotations(with_mask=True)')
                 else:
                     target['masks'] = torch.zeros((0, *size), dtype=torch.bool,
                                                   device=boxes.device)
@@ -167,8 +167,8 @@ class Detector(BaseModel):
         for target, sample in zip(targets, data_samples):
             bad = target['labels'][(target['labels'] < 0) | (target['labels'] >= self.num_classes)]
             if len(bad):
-                raise ValueError(f'image {describe_sample(sample)} has gt labels {bad.tolist()} outside '
-                                 f'[0, {self.num_classes}) of the head (num_classes='
+                raise ValueError(f'image {describe_sample(sample)} has gt labels {bad.tolist()} '
+                                 f'outside [0, {self.num_classes}) of the head (num_classes='
                                  f'{self.num_classes}); do the dataset classes match the head?')
 
     # ---------------------------------------------------------------- mmengine entry points

@@ -426,8 +426,8 @@ class PromptableSegmenter(BaseModel):
         if gt is None or not len(gt):
             return {mode: torch.cat(values) for mode, values in ious.items()}
         if 'masks' not in gt:
-            raise ValueError(f'image {describe_sample(sample)} has gt_instances without masks; load '
-                             'them with LoadAnnotations(with_mask=True)')
+            raise ValueError(f'image {describe_sample(sample)} has gt_instances without masks; '
+                             'load them with LoadAnnotations(with_mask=True)')
         masks = gt.masks.to(self.device).bool()
         if tuple(masks.shape[-2:]) != (ori_h, ori_w):
             raise ValueError(f'image {describe_sample(sample)}: gt masks of size '
